@@ -1,0 +1,68 @@
+"""python -m converter SRC --out DIR: a GGUF file or HF folder becomes an ONNX Runtime model folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from converter import CONVERTER_VERSION
+from converter.convert import convert
+from converter.errors import ConversionError
+from converter.quantization import QUANT_MODES
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m converter",
+        description="Convert a GGUF file or a Hugging Face checkpoint folder into a model folder "
+        "(model.onnx with a KV cache, tokenizer.json, chat template, generation settings, manifest).",
+    )
+    parser.add_argument("source", type=Path, help="a .gguf file, or a folder with config.json, safetensors and tokenizer.json")
+    parser.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    parser.add_argument(
+        "--quant",
+        choices=QUANT_MODES,
+        default="keep",
+        help="weight storage: keep = GGUF blocks re-packed without loss (floats stay float32); "
+        "fp32; int8 = 8-bit blocks of 32; int4 = 4-bit blocks of 32 with 8-bit embeddings (default: keep)",
+    )
+    parser.add_argument(
+        "--activations",
+        choices=("int8", "fp32"),
+        default="int8",
+        help="how quantized matmuls treat activations: int8 blocks (fast, as llama.cpp does) or fp32 "
+        "(exact, slower; for parity checks) (default: int8)",
+    )
+    parser.add_argument("--model-id", help="the id the service lists the model under (default: the source's name)")
+    parser.add_argument("--force", action="store_true", help="replace DIR if it already exists")
+    parser.add_argument("--version", action="version", version=f"converter {CONVERTER_VERSION}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    try:
+        convert(
+            arguments.source,
+            arguments.out,
+            arguments.quant,
+            arguments.force,
+            progress,
+            arguments.model_id,
+            arguments.activations,
+        )
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

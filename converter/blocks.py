@@ -1,0 +1,200 @@
+"""One builder per building block of a decoder: embedding, linear, RMS norm, attention, MLP.
+
+Each function adds its nodes to a GraphBuilder and returns the names of the values it produced.
+ORT's fused contrib ops are used where they run on both CPU and CUDA: MatMulNBits,
+GatherBlockQuantized, SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization and
+GroupQueryAttention (which also applies rotary embeddings and writes the KV cache in place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from converter.graph_builder import MICROSOFT, GraphBuilder
+from converter.model_config import DecoderConfig, LayerWeights
+from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight
+
+
+def _packed_levels(builder: GraphBuilder, weight: BlockQuantizedWeight, name: str) -> str:
+    return builder.constant(f"{name}.packed", weight.packed)
+
+
+def linear(
+    builder: GraphBuilder,
+    x: str,
+    weight: LinearWeight,
+    name: str,
+    accuracy_level: int = 0,
+    weight_name: str | None = None,
+) -> str:
+    """x @ weight.T, as MatMul for dense weights and MatMulNBits for block-quantized ones.
+
+    `weight_name` names the stored weight when it differs from the node (a head tied to the
+    embedding table reads the table's packed levels).
+    """
+    weight_name = weight_name or name
+    if isinstance(weight, DenseWeight):
+        transposed = builder.constant(f"{weight_name}.weight_t", weight.values.T.astype(np.float32))
+        return builder.op1("MatMul", [x, transposed], name)
+    out_features, in_features = weight.shape
+    product = builder.op1(
+        "MatMulNBits",
+        [
+            x,
+            _packed_levels(builder, weight, weight_name),
+            builder.constant(f"{weight_name}.scales", weight.scales.reshape(-1)),
+            builder.constant(f"{weight_name}.zero_points", weight.packed_zero_points()),
+        ],
+        name,
+        domain=MICROSOFT,
+        K=in_features,
+        N=out_features,
+        bits=weight.bits,
+        block_size=weight.block_size,
+        accuracy_level=accuracy_level,
+    )
+    if weight.minimums is None:
+        return product
+    minimums = builder.constant(f"{weight_name}.minimums_t", np.ascontiguousarray(weight.minimums.T))
+    offsets = builder.op1("MatMul", [_block_sums(builder, x, weight.block_size), minimums], f"{name}/minimums")
+    return builder.op1("Add", [product, offsets], f"{name}/plus_minimums")
+
+
+def _block_sums(builder: GraphBuilder, x: str, block_size: int) -> str:
+    """Sums of x over each block of inputs, (batch, sequence, blocks); shared by every reader of x."""
+    key = ("block_sums", x, block_size)
+    if key not in builder.memo:
+        shape = builder.constant(f"block_shape_{block_size}", np.array([0, 0, -1, block_size], dtype=np.int64))
+        blocked = builder.op1("Reshape", [x, shape], f"{x}/blocks_{block_size}")
+        axes = builder.constant("last_axis", np.array([-1], dtype=np.int64))
+        builder.memo[key] = builder.op1("ReduceSum", [blocked, axes], f"{x}/block_sums_{block_size}", keepdims=0)
+    return builder.memo[key]
+
+
+def embedding(builder: GraphBuilder, input_ids: str, weight: LinearWeight, name: str) -> str:
+    """Looks up token rows; quantized tables stay quantized and share storage with a tied head."""
+    if isinstance(weight, DenseWeight):
+        table = builder.constant(f"{name}.table", weight.values.astype(np.float32))
+        return builder.op1("Gather", [table, input_ids], name)
+    rows, blocks = weight.scales.shape
+    gathered = builder.op1(
+        "GatherBlockQuantized",
+        [
+            _packed_levels(builder, weight, name),
+            input_ids,
+            builder.constant(f"{name}.scales_3d", weight.scales.reshape(rows, blocks, 1)),
+            builder.constant(f"{name}.zero_points_3d", weight.zero_points.reshape(rows, blocks, 1)),
+        ],
+        name,
+        domain=MICROSOFT,
+        bits=weight.bits,
+        block_size=weight.block_size,
+        gather_axis=0,
+        quantize_axis=2,
+    )
+    if weight.minimums is not None:
+        minimums = builder.constant(f"{name}.minimums_3d", weight.minimums.reshape(rows, blocks, 1))
+        offsets = builder.op1("Gather", [minimums, input_ids], f"{name}/minimums")
+        gathered = builder.op1("Add", [gathered, offsets], f"{name}/plus_minimums")
+    # (batch, sequence, blocks, block_size) -> (batch, sequence, hidden)
+    shape = builder.constant(f"{name}.shape", np.array([0, 0, -1], dtype=np.int64))
+    return builder.op1("Reshape", [gathered, shape], f"{name}/flatten")
+
+
+def rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray, epsilon: float, name: str) -> str:
+    scale = builder.constant(f"{name}.weight", gamma.astype(np.float32))
+    return builder.op1("SimplifiedLayerNormalization", [x, scale], name, axis=-1, epsilon=epsilon, stash_type=1)
+
+
+def residual_rms_norm(
+    builder: GraphBuilder, x: str, residual: str, gamma: np.ndarray, epsilon: float, name: str
+) -> tuple[str, str]:
+    """Adds x to the residual stream and normalizes the sum in one kernel; returns (normed, sum)."""
+    scale = builder.constant(f"{name}.weight", gamma.astype(np.float32))
+    normed, _, _, total = builder.op(
+        "SkipSimplifiedLayerNormalization", [x, residual, scale], name, outputs=4, domain=MICROSOFT, epsilon=epsilon
+    )
+    return normed, total
+
+
+def rotary_caches(config: DecoderConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables (positions, head_dim / 2), computed in float64 then stored as float32."""
+    exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim
+    inverse_frequencies = 1.0 / (config.rope_theta**exponents)
+    angles = np.outer(np.arange(config.max_position_embeddings, dtype=np.float64), inverse_frequencies)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """Graph inputs every attention layer reads."""
+
+    seqlens_k: str
+    total_sequence_length: str
+    cos_cache: str
+    sin_cache: str
+
+
+def attention(
+    builder: GraphBuilder,
+    x: str,
+    layer: LayerWeights,
+    config: DecoderConfig,
+    shared: AttentionInputs,
+    past_key: str,
+    past_value: str,
+    name: str,
+    accuracy_level: int = 0,
+) -> tuple[str, str, str]:
+    """Self-attention with rotary positions; returns (output, present_key, present_value).
+
+    GroupQueryAttention takes positions from seqlens_k, so the same graph serves a first prompt,
+    a later chunk of a prompt and single-token decode steps. When present and past are bound to
+    one buffer the op appends in place: a decode step allocates nothing for the cache.
+    """
+    query = linear(builder, x, layer.q_proj, f"{name}.q_proj", accuracy_level)
+    key = linear(builder, x, layer.k_proj, f"{name}.k_proj", accuracy_level)
+    value = linear(builder, x, layer.v_proj, f"{name}.v_proj", accuracy_level)
+    output, present_key, present_value = builder.op(
+        "GroupQueryAttention",
+        [
+            query,
+            key,
+            value,
+            past_key,
+            past_value,
+            shared.seqlens_k,
+            shared.total_sequence_length,
+            shared.cos_cache,
+            shared.sin_cache,
+        ],
+        f"{name}.attention",
+        outputs=3,
+        domain=MICROSOFT,
+        num_heads=config.num_attention_heads,
+        kv_num_heads=config.num_key_value_heads,
+        do_rotary=1,
+        rotary_interleaved=int(config.rope_interleaved),
+        scale=float(config.head_dim**-0.5),
+    )
+    return linear(builder, output, layer.o_proj, f"{name}.o_proj", accuracy_level), present_key, present_value
+
+
+def gated_mlp(builder: GraphBuilder, x: str, layer: LayerWeights, name: str, accuracy_level: int = 0) -> str:
+    """down(silu(gate(x)) * up(x))."""
+    gate = linear(builder, x, layer.gate_proj, f"{name}.gate_proj", accuracy_level)
+    up = linear(builder, x, layer.up_proj, f"{name}.up_proj", accuracy_level)
+    activated = builder.op1("Mul", [gate, builder.op1("Sigmoid", [gate], f"{name}.sigmoid")], f"{name}.silu")
+    product = builder.op1("Mul", [activated, up], f"{name}.gate_times_up")
+    return linear(builder, product, layer.down_proj, f"{name}.down_proj", accuracy_level)
+
+
+def last_positions(builder: GraphBuilder, hidden: str, count: str, name: str) -> str:
+    """Keeps the last `count` positions of (batch, sequence, hidden): decode needs only one."""
+    starts = builder.op1("Neg", [count], f"{name}/starts")
+    ends = builder.constant(f"{name}.ends", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+    axes = builder.constant(f"{name}.axes", np.array([1], dtype=np.int64))
+    return builder.op1("Slice", [hidden, starts, ends, axes], name)
+

@@ -1,0 +1,145 @@
+"""Reads a GGUF file of the llama architecture into a SourceModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType
+
+from converter.errors import ConversionError
+from converter.gguf_blocks import dense_from_gguf, matrix_from_gguf
+from converter.model_config import (
+    SUPPORTED_ARCHITECTURES,
+    DecoderConfig,
+    DecoderWeights,
+    GenerationSettings,
+    LayerWeights,
+    SourceModel,
+)
+from converter.tokenizer_from_gguf import tokenizer_json_from_gguf
+
+GGUF_MAGIC = b"GGUF"
+
+
+def read_fields(reader: GGUFReader) -> dict:
+    """GGUF metadata as plain Python values (strings decoded, arrays as lists)."""
+    values = {}
+    for key, field in reader.fields.items():
+        if field.types and field.types[0] == GGUFValueType.ARRAY and len(field.types) > 1:
+            if field.types[1] == GGUFValueType.STRING:
+                values[key] = [bytes(field.parts[index]).decode("utf-8", errors="replace") for index in field.data]
+            else:
+                values[key] = [field.parts[index].tolist()[0] for index in field.data]
+        else:
+            values[key] = field.contents()
+    return values
+
+
+def _open(path: Path) -> GGUFReader:
+    with path.open("rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise ConversionError(f"{path} is not a GGUF file (wrong magic bytes)")
+    try:
+        return GGUFReader(path)
+    except (ValueError, IndexError, OSError) as error:
+        raise ConversionError(f"{path} is not a readable GGUF file (truncated or corrupt): {error}") from error
+
+
+def _config(fields: dict, vocab_size: int, tied: bool) -> DecoderConfig:
+    architecture = fields.get("general.architecture")
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ConversionError(
+            f"GGUF architecture {architecture!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+    def key(name: str, default=None):
+        value = fields.get(f"{architecture}.{name}", default)
+        if value is None:
+            raise ConversionError(f"GGUF metadata {architecture}.{name} is missing")
+        return value
+
+    hidden = int(key("embedding_length"))
+    heads = int(key("attention.head_count"))
+    return DecoderConfig(
+        architecture=architecture,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=int(key("feed_forward_length")),
+        num_hidden_layers=int(key("block_count")),
+        num_attention_heads=heads,
+        num_key_value_heads=int(key("attention.head_count_kv", heads)),
+        head_dim=int(key("attention.key_length", hidden // heads)),
+        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        max_position_embeddings=int(key("context_length")),
+        tie_word_embeddings=tied,
+        rope_interleaved=True,
+    )
+
+
+def _generation(fields: dict) -> GenerationSettings:
+    def token(name: str) -> int | None:
+        value = fields.get(f"tokenizer.ggml.{name}_token_id")
+        return None if value is None else int(value)
+
+    stop_ids = [value for value in (token("eos"), token("eot"), token("eom")) if value is not None]
+    return GenerationSettings(
+        bos_token_id=token("bos"),
+        eos_token_ids=list(dict.fromkeys(stop_ids)),
+        add_bos_token=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
+        pad_token_id=token("padding"),
+    )
+
+
+def read_gguf(path: Path, sha256: str) -> SourceModel:
+    reader = _open(path)
+    fields = read_fields(reader)
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+
+    def matrix(name: str):
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise ConversionError(f"GGUF tensor {name} is missing")
+        columns, rows = (int(size) for size in tensor.shape[:2])
+        return matrix_from_gguf(tensor.data, tensor.tensor_type, rows, columns)
+
+    def vector(name: str) -> np.ndarray:
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise ConversionError(f"GGUF tensor {name} is missing")
+        return dense_from_gguf(tensor.data, tensor.tensor_type).reshape(-1)
+
+    embed = matrix("token_embd.weight")
+    tied = "output.weight" not in tensors
+    config = _config(fields, embed.shape[0], tied)
+    layers = [
+        LayerWeights(
+            input_layernorm=vector(f"blk.{index}.attn_norm.weight"),
+            q_proj=matrix(f"blk.{index}.attn_q.weight"),
+            k_proj=matrix(f"blk.{index}.attn_k.weight"),
+            v_proj=matrix(f"blk.{index}.attn_v.weight"),
+            o_proj=matrix(f"blk.{index}.attn_output.weight"),
+            post_attention_layernorm=vector(f"blk.{index}.ffn_norm.weight"),
+            gate_proj=matrix(f"blk.{index}.ffn_gate.weight"),
+            up_proj=matrix(f"blk.{index}.ffn_up.weight"),
+            down_proj=matrix(f"blk.{index}.ffn_down.weight"),
+        )
+        for index in range(config.num_hidden_layers)
+    ]
+    weights = DecoderWeights(
+        embed_tokens=embed,
+        layers=layers,
+        norm=vector("output_norm.weight"),
+        lm_head=None if tied else matrix("output.weight"),
+    )
+    return SourceModel(
+        name=path.stem,
+        source_format="gguf",
+        config=config,
+        weights=weights,
+        tokenizer_json=tokenizer_json_from_gguf(fields),
+        chat_template=fields.get("tokenizer.chat_template"),
+        generation=_generation(fields),
+        source_files={path.name: sha256},
+    )

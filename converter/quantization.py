@@ -1,0 +1,71 @@
+"""The --quant modes: which storage each weight of a decoder gets."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gguf import GGMLQuantizationType
+
+from converter.gguf_blocks import BLOCK_SIZE, quantize_dense
+from converter.model_config import DecoderWeights
+from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight
+
+QUANT_MODES = ("keep", "fp32", "int8", "int4")
+_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _as(weight: LinearWeight, target: GGMLQuantizationType | None) -> LinearWeight:
+    if target is None:
+        return weight if isinstance(weight, DenseWeight) else DenseWeight(weight.dequantize(), weight.source_type)
+    if weight.shape[1] % BLOCK_SIZE != 0:
+        return _as(weight, None)
+    return replace(quantize_dense(weight.dequantize(), target), source_type=weight.source_type)
+
+
+def apply_quantization(weights: DecoderWeights, mode: str) -> DecoderWeights:
+    """`keep` leaves GGUF blocks as they are (re-packed, not re-quantized) and floats as floats.
+
+    `int4` uses 4-bit blocks with a float minimum (Q4_1) for the layers' matrices and 8-bit blocks
+    for the embedding table and head, whose errors reach every token; `int8` uses 8-bit blocks
+    everywhere; `fp32` dequantizes everything.
+    """
+    if mode == "keep":
+        return weights
+    linear_target, table_target = {
+        "fp32": (None, None),
+        "int8": (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q8_0),
+        "int4": (GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0),
+    }[mode]
+    layers = [
+        replace(layer, **{name: _as(getattr(layer, name), linear_target) for name in _LINEAR_NAMES})
+        for layer in weights.layers
+    ]
+    return DecoderWeights(
+        embed_tokens=_as(weights.embed_tokens, table_target),
+        layers=layers,
+        norm=weights.norm,
+        lm_head=None if weights.lm_head is None else _as(weights.lm_head, table_target),
+    )
+
+
+def describe(weight: LinearWeight) -> dict:
+    """What a tensor became, for the manifest."""
+    if isinstance(weight, BlockQuantizedWeight):
+        offsets = ", float block minimums" if weight.minimums is not None else ""
+        return {
+            "source": weight.source_type,
+            "stored": f"int{weight.bits} blocks of {weight.block_size}, uint8 zero points{offsets}",
+        }
+    return {"source": weight.source_type, "stored": "float32"}
+
+
+def quantization_table(weights: DecoderWeights) -> dict[str, dict]:
+    table = {"model.embed_tokens": describe(weights.embed_tokens)}
+    for index, layer in enumerate(weights.layers):
+        for name in _LINEAR_NAMES:
+            group = "self_attn" if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
+            table[f"model.layers.{index}.{group}.{name}"] = describe(getattr(layer, name))
+    table["lm_head"] = {"tied_to": "model.embed_tokens"} if weights.lm_head is None else describe(weights.lm_head)
+    return table
+
+

@@ -1,0 +1,78 @@
+"""How a weight matrix is stored in the graph: dense floats or blocks for ORT's MatMulNBits.
+
+A linear layer's weight is kept as (out_features, in_features) like PyTorch's nn.Linear, with
+quantization blocks running along in_features. That is the layout of both GGUF rows and
+MatMulNBits' packed B input, so GGUF blocks move over without being re-quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DenseWeight:
+    """A float32 matrix (out_features, in_features)."""
+
+    values: np.ndarray
+    source_type: str = "F32"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape  # type: ignore[return-value]
+
+    def dequantize(self) -> np.ndarray:
+        return self.values
+
+
+@dataclass(frozen=True)
+class BlockQuantizedWeight:
+    """Blocks in MatMulNBits' layout: weight = (q - zero_point) * scale [+ minimum].
+
+    `packed` is uint8 (out_features, blocks, block_size * bits / 8); `scales` float32 and
+    `zero_points` uint8, both (out_features, blocks). Formats with a float offset per block (Q4_1:
+    d * q + m) keep it in `minimums`: ORT's fast kernels take only integer zero points, so the graph
+    adds the offset as a small separate product (block sums of the input times the minimums).
+    """
+
+    packed: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray
+    bits: int
+    block_size: int
+    in_features: int
+    source_type: str
+    minimums: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.packed.shape[0], self.in_features)
+
+    def unpacked_levels(self) -> np.ndarray:
+        """The quantized levels as uint8 (out_features, blocks, block_size)."""
+        if self.bits == 8:
+            return self.packed
+        low = self.packed & 0x0F
+        high = self.packed >> 4
+        return np.stack([low, high], axis=-1).reshape(*self.packed.shape[:2], self.block_size)
+
+    def dequantize(self) -> np.ndarray:
+        levels = self.unpacked_levels().astype(np.float32)
+        values = (levels - self.zero_points.astype(np.float32)[..., None]) * self.scales[..., None]
+        if self.minimums is not None:
+            values = values + self.minimums[..., None]
+        return values.reshape(self.packed.shape[0], -1)[:, : self.in_features]
+
+    def packed_zero_points(self) -> np.ndarray:
+        """Zero points as MatMulNBits takes them: 4-bit levels two per byte, 8-bit one per byte."""
+        if self.bits == 8:
+            return self.zero_points.reshape(-1)
+        rows, blocks = self.zero_points.shape
+        padded = np.zeros((rows, blocks + blocks % 2), dtype=np.uint8)
+        padded[:, :blocks] = self.zero_points
+        return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1)
+
+
+LinearWeight = DenseWeight | BlockQuantizedWeight
