@@ -1,0 +1,58 @@
+"""Builds the Starlette app from Settings; tests build their own the same way."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from service.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from service.registry import ModelRegistry
+from service.routes import chat, health, models
+from service.settings import Settings
+
+
+def create_app(settings: Settings) -> Starlette:
+    registry = ModelRegistry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        for spec in settings.models:
+            registry.register(spec)
+        yield
+        registry.close()
+
+    routes = [
+        Route("/livez", health.livez, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
+        Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
+    ]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_origin_regex=settings.cors_origin_regex,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            max_age=600,
+        )
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            APIError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    return app

@@ -1,0 +1,66 @@
+"""Errors as the OpenAI API shapes them: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, error_type: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.error_type = error_type or _TYPES.get(status, "server_error")
+
+
+def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(error: APIError) -> Response:
+    body = msgspec.json.encode(error_body(error.message, error.error_type, error.param, error.code))
+    return Response(body, status_code=error.status, media_type="application/json")
+
+
+async def handle_api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, APIError)
+    return error_response(error)
+
+
+async def handle_http_exception(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code == 404:
+        message = f"no route for {request.method} {request.url.path}"
+    elif error.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(error.detail)
+    return error_response(APIError(error.status_code, message, code=None))
+
+
+async def handle_unexpected(request: Request, error: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return error_response(APIError(500, "internal server error", error_type="server_error"))

@@ -1,0 +1,94 @@
+"""The decode loop: prefill the prompt into the KV cache, then one token per step.
+
+tokens -> session.run -> logits -> sampler -> token; the prompt is never recomputed, and each
+step binds only its small inputs (the caches and the logits buffer stay bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from service.kv_cache import KVCache
+from service.sampler import Sampler
+
+# Long prompts go through the graph in chunks, bounding the activations a prefill needs.
+PREFILL_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ModelShape":
+        return cls(
+            config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"], config["vocab_size"]
+        )
+
+
+class Generator:
+    """Runs one sequence at a time through a decoder graph, keeping its KV cache between steps."""
+
+    def __init__(self, session: ort.InferenceSession, shape: ModelShape, capacity: int, device: str = "cpu") -> None:
+        self.session = session
+        self.cache = KVCache(shape.layers, shape.kv_heads, shape.head_dim, capacity, device)
+        self.logits = np.zeros((1, 1, shape.vocab_size), dtype=np.float32)
+        self.binding = session.io_binding()
+        self.cache.bind(self.binding)
+        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+        self._one = np.array([1], dtype=np.int64)
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity
+
+    def forward(self, token_ids: list[int]) -> np.ndarray:
+        """Appends tokens to the cache and returns the logits after the last one (a view, reused)."""
+        length = self.cache.length + len(token_ids)
+        if length > self.capacity:
+            raise ValueError(f"sequence of {length} tokens exceeds the cache capacity of {self.capacity}")
+        binding = self.binding
+        binding.bind_cpu_input("input_ids", np.array([token_ids], dtype=np.int64))
+        binding.bind_cpu_input("seqlens_k", np.array([length - 1], dtype=np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(length, dtype=np.int32))
+        binding.bind_cpu_input("num_logits_to_keep", self._one)
+        self.session.run_with_iobinding(binding)
+        self.cache.length = length
+        return self.logits[0, -1]
+
+    def prefill(self, prompt_ids: list[int]) -> np.ndarray:
+        self.cache.length = 0
+        logits = None
+        for start in range(0, len(prompt_ids), PREFILL_CHUNK):
+            logits = self.forward(prompt_ids[start : start + PREFILL_CHUNK])
+        return logits
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        sampler: Sampler,
+        stop_ids: set[int],
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[int]:
+        """Yields new token ids; stops at a stop token (not yielded), max_new_tokens or capacity."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        logits = self.prefill(prompt_ids)
+        for produced in range(max_new_tokens):
+            if cancelled():
+                return
+            token = sampler(logits)
+            if token in stop_ids:
+                return
+            yield token
+            if produced + 1 == max_new_tokens or self.cache.length >= self.capacity:
+                return
+            logits = self.forward([token])

@@ -1,0 +1,75 @@
+"""A converted model folder as the service reads it: manifest, tokenizer, template, settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from service.chat_template import ChatTemplate
+
+SUPPORTED_MANIFEST_FORMAT = 1
+
+
+class ModelFolderError(ValueError):
+    """A folder that is not a usable converted model, with what is wrong."""
+
+
+@dataclass
+class ModelFolder:
+    path: Path
+    manifest: dict
+    generation: dict
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate | None
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["config"]
+
+    @property
+    def context_length(self) -> int:
+        return int(self.manifest["context_length"])
+
+    @property
+    def stop_token_ids(self) -> set[int]:
+        return set(self.generation.get("eos_token_ids", []))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for a rendered prompt; control tokens written in it are recognized."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        bos = self.generation.get("bos_token_id")
+        if self.generation.get("add_bos_token") and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        return ids
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelFolder":
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise ModelFolderError(f"{path} has no manifest.json: not a converted model folder")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            generation = json.loads((path / "generation.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ModelFolderError(f"{path} has an unreadable manifest or generation.json: {error}") from error
+        if manifest.get("format") != SUPPORTED_MANIFEST_FORMAT:
+            raise ModelFolderError(f"{path} has manifest format {manifest.get('format')!r}; expected {SUPPORTED_MANIFEST_FORMAT}")
+        for name in ("model.onnx", "tokenizer.json"):
+            if not (path / name).is_file():
+                raise ModelFolderError(f"{path} is missing {name}")
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        template_path = path / "chat_template.jinja"
+        template = None
+        if template_path.is_file():
+            bos_text = tokenizer.id_to_token(generation["bos_token_id"]) if generation.get("bos_token_id") is not None else ""
+            eos_ids = generation.get("eos_token_ids") or []
+            eos_text = tokenizer.id_to_token(eos_ids[0]) if eos_ids else ""
+            template = ChatTemplate(template_path.read_text(encoding="utf-8"), bos_text or "", eos_text or "")
+        return cls(path, manifest, generation, tokenizer, template)

