@@ -30,10 +30,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--activations",
-        choices=("int8", "fp32"),
-        default="int8",
-        help="how quantized matmuls treat activations: int8 blocks (fast, as llama.cpp does) or fp32 "
-        "(exact, slower; for parity checks) (default: int8)",
+        choices=("mixed", "fp32", "int8"),
+        default="mixed",
+        help="how quantized matmuls treat activations: fp32 (exact; slow for 8-bit weights), int8 "
+        "blocks (fastest, small accuracy loss) or mixed = int8 only for 8-bit weights (default: mixed)",
     )
     parser.add_argument("--model-id", help="the id the service lists the model under (default: the source's name)")
     parser.add_argument("--force", action="store_true", help="replace DIR if it already exists")

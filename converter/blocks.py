@@ -21,12 +21,18 @@ def _packed_levels(builder: GraphBuilder, weight: BlockQuantizedWeight, name: st
     return builder.constant(f"{name}.packed", weight.packed)
 
 
+# MatMulNBits accuracy_level by weight bits: 0 keeps activations float32, 4 quantizes them to
+# int8 blocks (ORT's fastest CPU kernels; the only fast one for 8-bit weights).
+AccuracyLevels = dict[int, int]
+EXACT: AccuracyLevels = {4: 0, 8: 0}
+
+
 def linear(
     builder: GraphBuilder,
     x: str,
     weight: LinearWeight,
     name: str,
-    accuracy_level: int = 0,
+    accuracy: AccuracyLevels = EXACT,
     weight_name: str | None = None,
 ) -> str:
     """x @ weight.T, as MatMul for dense weights and MatMulNBits for block-quantized ones.
@@ -53,7 +59,7 @@ def linear(
         N=out_features,
         bits=weight.bits,
         block_size=weight.block_size,
-        accuracy_level=accuracy_level,
+        accuracy_level=accuracy[weight.bits],
     )
     if weight.minimums is None:
         return product
@@ -146,7 +152,7 @@ def attention(
     past_key: str,
     past_value: str,
     name: str,
-    accuracy_level: int = 0,
+    accuracy: AccuracyLevels = EXACT,
 ) -> tuple[str, str, str]:
     """Self-attention with rotary positions; returns (output, present_key, present_value).
 
@@ -154,9 +160,9 @@ def attention(
     a later chunk of a prompt and single-token decode steps. When present and past are bound to
     one buffer the op appends in place: a decode step allocates nothing for the cache.
     """
-    query = linear(builder, x, layer.q_proj, f"{name}.q_proj", accuracy_level)
-    key = linear(builder, x, layer.k_proj, f"{name}.k_proj", accuracy_level)
-    value = linear(builder, x, layer.v_proj, f"{name}.v_proj", accuracy_level)
+    query = linear(builder, x, layer.q_proj, f"{name}.q_proj", accuracy)
+    key = linear(builder, x, layer.k_proj, f"{name}.k_proj", accuracy)
+    value = linear(builder, x, layer.v_proj, f"{name}.v_proj", accuracy)
     output, present_key, present_value = builder.op(
         "GroupQueryAttention",
         [
@@ -179,16 +185,16 @@ def attention(
         rotary_interleaved=int(config.rope_interleaved),
         scale=float(config.head_dim**-0.5),
     )
-    return linear(builder, output, layer.o_proj, f"{name}.o_proj", accuracy_level), present_key, present_value
+    return linear(builder, output, layer.o_proj, f"{name}.o_proj", accuracy), present_key, present_value
 
 
-def gated_mlp(builder: GraphBuilder, x: str, layer: LayerWeights, name: str, accuracy_level: int = 0) -> str:
+def gated_mlp(builder: GraphBuilder, x: str, layer: LayerWeights, name: str, accuracy: AccuracyLevels = EXACT) -> str:
     """down(silu(gate(x)) * up(x))."""
-    gate = linear(builder, x, layer.gate_proj, f"{name}.gate_proj", accuracy_level)
-    up = linear(builder, x, layer.up_proj, f"{name}.up_proj", accuracy_level)
+    gate = linear(builder, x, layer.gate_proj, f"{name}.gate_proj", accuracy)
+    up = linear(builder, x, layer.up_proj, f"{name}.up_proj", accuracy)
     activated = builder.op1("Mul", [gate, builder.op1("Sigmoid", [gate], f"{name}.sigmoid")], f"{name}.silu")
     product = builder.op1("Mul", [activated, up], f"{name}.gate_times_up")
-    return linear(builder, product, layer.down_proj, f"{name}.down_proj", accuracy_level)
+    return linear(builder, product, layer.down_proj, f"{name}.down_proj", accuracy)
 
 
 def last_positions(builder: GraphBuilder, hidden: str, count: str, name: str) -> str:

@@ -17,9 +17,7 @@ from converter.graph_builder import FLOAT, INT32, INT64, GraphBuilder
 from converter.model_config import DecoderConfig, DecoderWeights
 
 
-def build_decoder(config: DecoderConfig, weights: DecoderWeights, accuracy_level: int = 4):
-    """`accuracy_level` 4 lets MatMulNBits quantize activations to int8 per block (ORT's fast CPU
-    kernels; 8-bit weights have no other fast path); 0 computes in float32, for exact parity."""
+def build_decoder(config: DecoderConfig, weights: DecoderWeights, accuracy: blocks.AccuracyLevels = blocks.EXACT):
     builder = GraphBuilder(f"{config.architecture}_decoder")
     input_ids = builder.input("input_ids", INT64, ["batch", "sequence"])
     shared = blocks.AttentionInputs(
@@ -47,20 +45,20 @@ def build_decoder(config: DecoderConfig, weights: DecoderWeights, accuracy_level
         past_key = builder.input(f"past_key_values.{index}.key", FLOAT, cache_shape)
         past_value = builder.input(f"past_key_values.{index}.value", FLOAT, cache_shape)
         attended, present_key, present_value = blocks.attention(
-            builder, normed, layer, config, shared, past_key, past_value, f"{prefix}.self_attn", accuracy_level
+            builder, normed, layer, config, shared, past_key, past_value, f"{prefix}.self_attn", accuracy
         )
         builder.expose(present_key, f"present.{index}.key", FLOAT, cache_shape)
         builder.expose(present_value, f"present.{index}.value", FLOAT, cache_shape)
         normed, residual = blocks.residual_rms_norm(
             builder, attended, residual, layer.post_attention_layernorm, config.rms_norm_eps, f"{prefix}.post_attention_layernorm"
         )
-        pending = blocks.gated_mlp(builder, normed, layer, f"{prefix}.mlp", accuracy_level)
+        pending = blocks.gated_mlp(builder, normed, layer, f"{prefix}.mlp", accuracy)
 
     kept = blocks.last_positions(builder, pending, logits_to_keep, "logits/pending")
     kept_residual = blocks.last_positions(builder, residual, logits_to_keep, "logits/residual")
     final, _ = blocks.residual_rms_norm(builder, kept, kept_residual, weights.norm, config.rms_norm_eps, "model.norm")
     head = weights.lm_head if weights.lm_head is not None else weights.embed_tokens
     head_weight_name = "lm_head" if weights.lm_head is not None else "model.embed_tokens"
-    logits = blocks.linear(builder, final, head, "lm_head", accuracy_level, weight_name=head_weight_name)
+    logits = blocks.linear(builder, final, head, "lm_head", accuracy, weight_name=head_weight_name)
     builder.expose(logits, "logits", FLOAT, ["batch", "num_logits_to_keep", config.vocab_size])
     return builder.model()

@@ -1,0 +1,58 @@
+"""Session fixtures: tiny random checkpoints, the real SmolLM2 model and a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from converter.cache import cached_conversion
+from converter.convert import convert
+from service.settings import embedded_default_model
+from tests.support import REPO, ServiceProcess, write_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    folder = REPO / "test-artifacts"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("checkpoints") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("converted") / "tiny-llama"
+    return convert(tiny_checkpoint, out, quant="fp32", activation_precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return embedded_default_model().source
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_dir(smollm2_gguf) -> Path:
+    """The embedded model converted once into the repo's models/ cache, as the service does."""
+    return cached_conversion(smollm2_gguf, REPO / "models")
+
+
+@pytest.fixture(scope="session")
+def api_server(tiny_model_dir, smollm2_model_dir, artifacts, tmp_path_factory):
+    server = ServiceProcess(
+        "--model",
+        f"tiny={tiny_model_dir}",
+        "--model",
+        f"SmolLM2-135M-Instruct={smollm2_model_dir}",
+        "--models-dir",
+        str(tmp_path_factory.mktemp("models")),
+        "--max-context",
+        "1024",
+        log_path=artifacts / "api_server.log",
+    )
+    yield server
+    server.stop()

@@ -1,0 +1,89 @@
+"""The embedded SmolLM2-135M-Instruct GGUF, converted: tokenizer and logits against transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from converter.convert import convert
+from service.generator import Generator, ModelShape
+from service.model_folder import ModelFolder
+from service.runtime import choose_placement, create_session
+
+TOKENIZER_CORPUS = [
+    "Hello world",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnew\n\nlines",
+    "numbers 1234567890 and 3.14159",
+    "emoji 😀🎉👍🏽 and flags 🇫🇷",
+    "中文字符测试，日本語のテキスト、한국어",
+    "def f(x):\n    return x ** 2  # square\n",
+    "<|im_start|>user\nHi<|im_end|>",
+    "don't won't I'm we'll they've",
+    "Àccénts: naïve café façade Zürich",
+    "URL https://example.com/path?q=1&r=2",
+    "{\"json\": [1, 2, {\"k\": null}]}",
+]
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Machine learning is a field of study in artificial "
+    "intelligence concerned with the development of statistical algorithms that can learn from data."
+)
+
+
+@pytest.fixture(scope="module")
+def reference_model(smollm2_gguf):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
+    ).eval()
+
+
+def test_rebuilt_tokenizer_matches_transformers_gguf_tokenizer(smollm2_gguf, smollm2_model_dir):
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    ours = ModelFolder.load(smollm2_model_dir).tokenizer
+
+    mismatches = [
+        text for text in TOKENIZER_CORPUS if ours.encode(text, add_special_tokens=False).ids != reference.encode(text, add_special_tokens=False)
+    ]
+
+    assert mismatches == []
+
+
+def per_position_logits(folder_path, ids: list[int]) -> np.ndarray:
+    folder = ModelFolder.load(folder_path)
+    session = create_session(folder.path / "model.onnx", choose_placement("cpu"))
+    generator = Generator(session, ModelShape.from_config(folder.config), capacity=256)
+    return np.array([generator.forward([token]).copy() for token in ids])
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    scores = logits[:-1].astype(np.float64)
+    peak = scores.max(-1, keepdims=True)
+    log_normalizer = np.log(np.exp(scores - peak).sum(-1)) + peak[:, 0]
+    return float(np.exp(-(scores[np.arange(len(scores)), ids[1:]] - log_normalizer).mean()))
+
+
+def test_exact_conversion_reproduces_transformers_on_the_same_gguf(smollm2_gguf, reference_model, tmp_path):
+    folder = convert(smollm2_gguf, tmp_path / "exact", activation_precision="fp32")
+    ids = ModelFolder.load(folder).encode(TEXT)
+    with torch.no_grad():
+        reference = reference_model(torch.tensor([ids])).logits[0].numpy()
+
+    ours = per_position_logits(folder, ids)
+
+    assert np.abs(ours - reference).max() < 1e-3 and (ours.argmax(-1) == reference.argmax(-1)).all()
+
+
+def test_default_conversion_stays_close_to_transformers(smollm2_model_dir, reference_model):
+    ids = ModelFolder.load(smollm2_model_dir).encode(TEXT)
+    with torch.no_grad():
+        reference = reference_model(torch.tensor([ids])).logits[0].numpy()
+
+    ours = per_position_logits(smollm2_model_dir, ids)
+
+    # int8 activations for the 8-bit head cost about 1% perplexity (see converter/convert.py).
+    assert abs(perplexity(ours, ids) / perplexity(reference, ids) - 1) < 0.03
