@@ -192,7 +192,15 @@ class ServiceProcess:
         self._poll("/livez", lambda response: response.status_code == 200, timeout)
 
     def wait_ready(self, timeout: float) -> None:
-        self._poll("/readyz", lambda response: response.status_code == 200, timeout)
+        """Waits until every model is ready; a model that failed to load fails the wait."""
+
+        def settled(response: httpx.Response) -> bool:
+            statuses = response.json()["models"].values()
+            if "failed" in statuses:
+                raise RuntimeError(f"a model failed to load: {response.text}\n{self.log()}")
+            return bool(statuses) and all(status == "ready" for status in statuses)
+
+        self._poll("/readyz", settled, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
