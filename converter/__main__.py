@@ -30,10 +30,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--activations",
-        choices=("mixed", "fp32", "int8"),
-        default="mixed",
-        help="how quantized matmuls treat activations: fp32 (exact; slow for 8-bit weights), int8 "
-        "blocks (fastest, small accuracy loss) or mixed = int8 only for 8-bit weights (default: mixed)",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="how quantized matmuls treat activations: fp32 (exact) or int8 blocks (faster, with a "
+        "small accuracy loss) (default: fp32)",
     )
     parser.add_argument("--model-id", help="the id the service lists the model under (default: the source's name)")
     parser.add_argument("--force", action="store_true", help="replace DIR if it already exists")

@@ -14,7 +14,7 @@ import numpy as np
 
 from converter.graph_builder import MICROSOFT, GraphBuilder
 from converter.model_config import DecoderConfig, LayerWeights
-from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight
+from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight
 
 
 def _packed_levels(builder: GraphBuilder, weight: BlockQuantizedWeight, name: str) -> str:
@@ -22,7 +22,7 @@ def _packed_levels(builder: GraphBuilder, weight: BlockQuantizedWeight, name: st
 
 
 # MatMulNBits accuracy_level by weight bits: 0 keeps activations float32, 4 quantizes them to
-# int8 blocks (ORT's fastest CPU kernels; the only fast one for 8-bit weights).
+# int8 blocks (ORT's fastest CPU kernels).
 AccuracyLevels = dict[int, int]
 EXACT: AccuracyLevels = {4: 0, 8: 0}
 
@@ -41,6 +41,10 @@ def linear(
     embedding table reads the table's packed levels).
     """
     weight_name = weight_name or name
+    if isinstance(weight, NibbleSplitWeight):
+        high = linear(builder, x, weight.high, f"{name}.high", accuracy, f"{weight_name}.high")
+        low = linear(builder, x, weight.low, f"{name}.low", accuracy, f"{weight_name}.low")
+        return builder.op1("Add", [high, low], name)
     if isinstance(weight, DenseWeight):
         transposed = builder.constant(f"{weight_name}.weight_t", weight.values.T.astype(np.float32))
         return builder.op1("MatMul", [x, transposed], name)
@@ -84,6 +88,19 @@ def embedding(builder: GraphBuilder, input_ids: str, weight: LinearWeight, name:
     if isinstance(weight, DenseWeight):
         table = builder.constant(f"{name}.table", weight.values.astype(np.float32))
         return builder.op1("Gather", [table, input_ids], name)
+    if isinstance(weight, NibbleSplitWeight):
+        high = _gather_blocks(builder, input_ids, weight.high, f"{name}.high")
+        low = _gather_blocks(builder, input_ids, weight.low, f"{name}.low")
+        gathered = builder.op1("Add", [high, low], name)
+    else:
+        gathered = _gather_blocks(builder, input_ids, weight, name)
+    # (batch, sequence, blocks, block_size) -> (batch, sequence, hidden)
+    shape = builder.constant("flatten_blocks_shape", np.array([0, 0, -1], dtype=np.int64))
+    return builder.op1("Reshape", [gathered, shape], f"{name}/flatten")
+
+
+def _gather_blocks(builder: GraphBuilder, input_ids: str, weight: BlockQuantizedWeight, name: str) -> str:
+    """Dequantized rows as (batch, sequence, blocks, block_size), read from the packed levels."""
     rows, blocks = weight.scales.shape
     gathered = builder.op1(
         "GatherBlockQuantized",
@@ -93,20 +110,18 @@ def embedding(builder: GraphBuilder, input_ids: str, weight: LinearWeight, name:
             builder.constant(f"{name}.scales_3d", weight.scales.reshape(rows, blocks, 1)),
             builder.constant(f"{name}.zero_points_3d", weight.zero_points.reshape(rows, blocks, 1)),
         ],
-        name,
+        f"{name}/gather",
         domain=MICROSOFT,
         bits=weight.bits,
         block_size=weight.block_size,
         gather_axis=0,
         quantize_axis=2,
     )
-    if weight.minimums is not None:
-        minimums = builder.constant(f"{name}.minimums_3d", weight.minimums.reshape(rows, blocks, 1))
-        offsets = builder.op1("Gather", [minimums, input_ids], f"{name}/minimums")
-        gathered = builder.op1("Add", [gathered, offsets], f"{name}/plus_minimums")
-    # (batch, sequence, blocks, block_size) -> (batch, sequence, hidden)
-    shape = builder.constant(f"{name}.shape", np.array([0, 0, -1], dtype=np.int64))
-    return builder.op1("Reshape", [gathered, shape], f"{name}/flatten")
+    if weight.minimums is None:
+        return gathered
+    minimums = builder.constant(f"{name}.minimums_3d", weight.minimums.reshape(rows, blocks, 1))
+    offsets = builder.op1("Gather", [minimums, input_ids], f"{name}/minimums")
+    return builder.op1("Add", [gathered, offsets], f"{name}/plus_minimums")
 
 
 def rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray, epsilon: float, name: str) -> str:

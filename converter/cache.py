@@ -1,4 +1,7 @@
-"""Converted models cached by source hash and converter version, so each source converts once."""
+"""Converted models cached by source hash, converter version and options: each converts once.
+
+Any change to what the converter writes must bump CONVERTER_VERSION, or stale folders are reused.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +13,29 @@ from converter import CONVERTER_VERSION
 from converter.convert import Progress, convert, source_digest
 
 
-def cache_folder_for(source: Path, cache_root: Path) -> Path:
+def cache_folder_for(source: Path, cache_root: Path, quant: str, activations: str) -> Path:
     digest, _ = source_digest(source)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem if source.is_file() else source.name)
-    return cache_root / f"{stem}-{digest[:16]}-c{CONVERTER_VERSION}"
+    return cache_root / f"{stem}-{digest[:16]}-c{CONVERTER_VERSION}-{quant}-{activations}"
 
 
-def cached_conversion(source: Path, cache_root: Path, progress: Progress = lambda message: None) -> Path:
+def cached_conversion(
+    source: Path,
+    cache_root: Path,
+    quant: str = "keep",
+    activations: str = "fp32",
+    progress: Progress = lambda message: None,
+) -> Path:
     """The model folder for `source`, converting it first unless a finished one is cached.
 
     A lock file makes concurrent callers (a test run and a service, say) convert only once.
     """
-    folder = cache_folder_for(source, cache_root)
+    folder = cache_folder_for(source, cache_root, quant, activations)
     if (folder / "manifest.json").is_file():
         return folder
     cache_root.mkdir(parents=True, exist_ok=True)
     with open(cache_root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "manifest.json").is_file():
-            convert(source, folder, force=True, progress=progress)
+            convert(source, folder, quant, force=True, progress=progress, activation_precision=activations)
     return folder

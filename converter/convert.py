@@ -18,18 +18,18 @@ from converter.errors import ConversionError
 from converter.gguf_source import GGUF_MAGIC, read_gguf
 from converter.hf_source import read_huggingface
 from converter.model_config import SourceModel
-from converter.quantization import QUANT_MODES, apply_quantization, quantization_table
+from converter.quantization import QUANT_MODES, apply_quantization, quantization_table, split_8bit_weights
 
 MANIFEST_FORMAT = 1
 # Protobuf caps one file at 2 GiB; larger graphs keep their weights in a side file.
 _SINGLE_FILE_LIMIT = 1_800_000_000
 
 Progress = Callable[[str], None]
-# How quantized matmuls treat activations (MatMulNBits accuracy_level by weight bits). Measured on
-# SmolLM2-135M Q4_1, 2 CPU cores: fp32 is exact but 8-bit weights have no fast float kernel
-# (11 tok/s); int8 everywhere is fastest (151 tok/s) but costs 2.7% perplexity; mixed keeps
-# 4-bit layers exact and quantizes activations only for 8-bit weights (122 tok/s, +1.2%).
-ACCURACY_LEVELS = {"fp32": {4: 0, 8: 0}, "mixed": {4: 0, 8: 4}, "int8": {4: 4, 8: 4}}
+# How quantized matmuls treat activations (MatMulNBits accuracy_level by weight bits). fp32 is
+# exact (8-bit weights run as two 4-bit halves, since ORT has no fast float kernel for them);
+# int8 lets ORT quantize activations per block, which on SmolLM2-135M Q4_1 was about 25% faster
+# and cost 2.7% perplexity.
+ACCURACY_LEVELS = {"fp32": {4: 0, 8: 0}, "int8": {4: 4, 8: 4}}
 
 
 def sha256_of(path: Path) -> str:
@@ -69,7 +69,7 @@ def convert(
     force: bool = False,
     progress: Progress = lambda message: None,
     model_id: str | None = None,
-    activation_precision: str = "mixed",
+    activation_precision: str = "fp32",
 ) -> Path:
     """Writes the model folder for `source` at `out` and returns it.
 
@@ -87,6 +87,8 @@ def convert(
     progress("reading weights")
     model = read_source(source, file_hashes)
     weights = apply_quantization(model.weights, quant)
+    if activation_precision == "fp32":
+        weights = split_8bit_weights(weights)
     progress(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
     graph = build_decoder(model.config, weights, ACCURACY_LEVELS[activation_precision])
 

@@ -14,12 +14,23 @@ from converter.model_config import (
     DecoderConfig,
     DecoderWeights,
     GenerationSettings,
-    LayerWeights,
     SourceModel,
+    read_layers,
 )
 from converter.tokenizer_from_gguf import tokenizer_json_from_gguf
 
 GGUF_MAGIC = b"GGUF"
+GGUF_LAYER_NAMES = {
+    "input_layernorm": "blk.{index}.attn_norm.weight",
+    "q_proj": "blk.{index}.attn_q.weight",
+    "k_proj": "blk.{index}.attn_k.weight",
+    "v_proj": "blk.{index}.attn_v.weight",
+    "o_proj": "blk.{index}.attn_output.weight",
+    "post_attention_layernorm": "blk.{index}.ffn_norm.weight",
+    "gate_proj": "blk.{index}.ffn_gate.weight",
+    "up_proj": "blk.{index}.ffn_up.weight",
+    "down_proj": "blk.{index}.ffn_down.weight",
+}
 
 
 def read_fields(reader: GGUFReader) -> dict:
@@ -113,20 +124,7 @@ def read_gguf(path: Path, sha256: str) -> SourceModel:
     embed = matrix("token_embd.weight")
     tied = "output.weight" not in tensors
     config = _config(fields, embed.shape[0], tied)
-    layers = [
-        LayerWeights(
-            input_layernorm=vector(f"blk.{index}.attn_norm.weight"),
-            q_proj=matrix(f"blk.{index}.attn_q.weight"),
-            k_proj=matrix(f"blk.{index}.attn_k.weight"),
-            v_proj=matrix(f"blk.{index}.attn_v.weight"),
-            o_proj=matrix(f"blk.{index}.attn_output.weight"),
-            post_attention_layernorm=vector(f"blk.{index}.ffn_norm.weight"),
-            gate_proj=matrix(f"blk.{index}.ffn_gate.weight"),
-            up_proj=matrix(f"blk.{index}.ffn_up.weight"),
-            down_proj=matrix(f"blk.{index}.ffn_down.weight"),
-        )
-        for index in range(config.num_hidden_layers)
-    ]
+    layers = read_layers(config.num_hidden_layers, GGUF_LAYER_NAMES, matrix, vector)
     weights = DecoderWeights(
         embed_tokens=embed,
         layers=layers,

@@ -11,11 +11,23 @@ from converter.model_config import (
     DecoderConfig,
     DecoderWeights,
     GenerationSettings,
-    LayerWeights,
     SourceModel,
+    read_layers,
 )
 from converter.safetensors_reader import read_safetensors
 from converter.weights import DenseWeight
+
+HF_LAYER_NAMES = {
+    "input_layernorm": "model.layers.{index}.input_layernorm.weight",
+    "q_proj": "model.layers.{index}.self_attn.q_proj.weight",
+    "k_proj": "model.layers.{index}.self_attn.k_proj.weight",
+    "v_proj": "model.layers.{index}.self_attn.v_proj.weight",
+    "o_proj": "model.layers.{index}.self_attn.o_proj.weight",
+    "post_attention_layernorm": "model.layers.{index}.post_attention_layernorm.weight",
+    "gate_proj": "model.layers.{index}.mlp.gate_proj.weight",
+    "up_proj": "model.layers.{index}.mlp.up_proj.weight",
+    "down_proj": "model.layers.{index}.mlp.down_proj.weight",
+}
 
 
 def _read_json(path: Path) -> dict:
@@ -108,20 +120,7 @@ def read_huggingface(folder: Path, file_hashes: dict[str, str]) -> SourceModel:
     def matrix(name: str) -> DenseWeight:
         return DenseWeight(take(name), "F32")
 
-    layers = [
-        LayerWeights(
-            input_layernorm=take(f"model.layers.{index}.input_layernorm.weight"),
-            q_proj=matrix(f"model.layers.{index}.self_attn.q_proj.weight"),
-            k_proj=matrix(f"model.layers.{index}.self_attn.k_proj.weight"),
-            v_proj=matrix(f"model.layers.{index}.self_attn.v_proj.weight"),
-            o_proj=matrix(f"model.layers.{index}.self_attn.o_proj.weight"),
-            post_attention_layernorm=take(f"model.layers.{index}.post_attention_layernorm.weight"),
-            gate_proj=matrix(f"model.layers.{index}.mlp.gate_proj.weight"),
-            up_proj=matrix(f"model.layers.{index}.mlp.up_proj.weight"),
-            down_proj=matrix(f"model.layers.{index}.mlp.down_proj.weight"),
-        )
-        for index in range(config.num_hidden_layers)
-    ]
+    layers = read_layers(config.num_hidden_layers, HF_LAYER_NAMES, matrix, take)
     tied = config.tie_word_embeddings or "lm_head.weight" not in tensors
     weights = DecoderWeights(
         embed_tokens=matrix("model.embed_tokens.weight"),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -47,6 +48,25 @@ class LayerWeights:
     gate_proj: LinearWeight
     up_proj: LinearWeight
     down_proj: LinearWeight
+
+
+def read_layers(
+    count: int,
+    source_names: dict[str, str],
+    matrix: Callable[[str], LinearWeight],
+    vector: Callable[[str], np.ndarray],
+) -> list[LayerWeights]:
+    """Builds each layer from a table of source tensor names ("{index}" stands for the layer)."""
+    vectors = {"input_layernorm", "post_attention_layernorm"}
+    return [
+        LayerWeights(
+            **{
+                item.name: (vector if item.name in vectors else matrix)(source_names[item.name].format(index=index))
+                for item in fields(LayerWeights)
+            }
+        )
+        for index in range(count)
+    ]
 
 
 @dataclass

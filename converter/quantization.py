@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType
 
 from converter.gguf_blocks import BLOCK_SIZE, quantize_dense
 from converter.model_config import DecoderWeights
-from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight
+from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight
 
 QUANT_MODES = ("keep", "fp32", "int8", "int4")
 _LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -48,8 +48,27 @@ def apply_quantization(weights: DecoderWeights, mode: str) -> DecoderWeights:
     )
 
 
+def split_8bit_weights(weights: DecoderWeights) -> DecoderWeights:
+    """8-bit block weights as two exact 4-bit halves, for float32 activations (see NibbleSplitWeight)."""
+
+    def split(weight: LinearWeight) -> LinearWeight:
+        if isinstance(weight, BlockQuantizedWeight) and weight.bits == 8:
+            return NibbleSplitWeight.of(weight)
+        return weight
+
+    layers = [replace(layer, **{name: split(getattr(layer, name)) for name in _LINEAR_NAMES}) for layer in weights.layers]
+    return DecoderWeights(
+        embed_tokens=split(weights.embed_tokens),
+        layers=layers,
+        norm=weights.norm,
+        lm_head=None if weights.lm_head is None else split(weights.lm_head),
+    )
+
+
 def describe(weight: LinearWeight) -> dict:
     """What a tensor became, for the manifest."""
+    if isinstance(weight, NibbleSplitWeight):
+        return {"source": weight.source_type, "stored": "int8 blocks of 32 as two exact int4 halves, uint8 zero points"}
     if isinstance(weight, BlockQuantizedWeight):
         offsets = ", float block minimums" if weight.minimums is not None else ""
         return {

@@ -75,4 +75,41 @@ class BlockQuantizedWeight:
         return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1)
 
 
-LinearWeight = DenseWeight | BlockQuantizedWeight
+@dataclass(frozen=True)
+class NibbleSplitWeight:
+    """An 8-bit block weight as two 4-bit ones: level u = 16 * high + low, so
+    (u - z) * s = (high - z // 16) * 16s + (low - z % 16) * s, exactly.
+
+    ORT's fast kernels for 8-bit weights quantize activations to int8, which the outlier channels
+    of a final hidden state do not survive; its 4-bit kernels keep activations float32. The
+    split costs no extra storage (two nibbles per level instead of one byte).
+    """
+
+    high: BlockQuantizedWeight
+    low: BlockQuantizedWeight
+    source_type: str
+
+    @classmethod
+    def of(cls, weight: BlockQuantizedWeight) -> "NibbleSplitWeight":
+        levels = weight.packed
+        zero_points = weight.zero_points
+
+        def half(nibbles: np.ndarray, zero: np.ndarray, scales: np.ndarray) -> BlockQuantizedWeight:
+            packed = (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).astype(np.uint8)
+            return BlockQuantizedWeight(packed, scales, zero.astype(np.uint8), 4, weight.block_size, weight.in_features, weight.source_type)
+
+        return cls(
+            high=half(levels >> 4, zero_points >> 4, (weight.scales * 16).astype(np.float32)),
+            low=half(levels & 0x0F, zero_points & 0x0F, weight.scales),
+            source_type=weight.source_type,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.high.shape
+
+    def dequantize(self) -> np.ndarray:
+        return self.high.dequantize() + self.low.dequantize()
+
+
+LinearWeight = DenseWeight | BlockQuantizedWeight | NibbleSplitWeight
