@@ -58,11 +58,7 @@ def _open(path: Path) -> GGUFReader:
 
 
 def _config(fields: dict, vocab_size: int, tied: bool) -> DecoderConfig:
-    architecture = fields.get("general.architecture")
-    if architecture not in SUPPORTED_ARCHITECTURES:
-        raise ConversionError(
-            f"GGUF architecture {architecture!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+    architecture = fields["general.architecture"]
 
     def key(name: str, default=None):
         value = fields.get(f"{architecture}.{name}", default)
@@ -106,6 +102,11 @@ def _generation(fields: dict) -> GenerationSettings:
 def read_gguf(path: Path, sha256: str) -> SourceModel:
     reader = _open(path)
     fields = read_fields(reader)
+    architecture = fields.get("general.architecture")
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ConversionError(
+            f"GGUF architecture {architecture!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
     tensors = {tensor.name: tensor for tensor in reader.tensors}
 
     def matrix(name: str):

@@ -62,6 +62,8 @@ def tokenizer_json_from_gguf(fields: dict) -> str:
         )
     tokens: list[str] = list(fields["tokenizer.ggml.tokens"])
     token_types: list[int] = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    if len(token_types) != len(tokens):
+        raise ConversionError(f"GGUF vocabulary has {len(tokens)} tokens but {len(token_types)} token types")
     merges = [tuple(merge.split(" ", 1)) for merge in fields.get("tokenizer.ggml.merges", [])]
     vocab = {token: index for index, token in enumerate(tokens)}
     if len(vocab) != len(tokens):
@@ -72,9 +74,9 @@ def tokenizer_json_from_gguf(fields: dict) -> str:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.add_special_tokens(
-        [AddedToken(token, special=True, normalized=False) for token, kind in zip(tokens, token_types) if kind == _CONTROL]
+        [AddedToken(token, special=True, normalized=False) for token, kind in zip(tokens, token_types, strict=True) if kind == _CONTROL]
     )
     tokenizer.add_tokens(
-        [AddedToken(token, normalized=False) for token, kind in zip(tokens, token_types) if kind == _USER_DEFINED]
+        [AddedToken(token, normalized=False) for token, kind in zip(tokens, token_types, strict=True) if kind == _USER_DEFINED]
     )
     return tokenizer.to_str()

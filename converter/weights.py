@@ -90,7 +90,7 @@ class NibbleSplitWeight:
     source_type: str
 
     @classmethod
-    def of(cls, weight: BlockQuantizedWeight) -> "NibbleSplitWeight":
+    def of(cls, weight: BlockQuantizedWeight) -> NibbleSplitWeight:
         levels = weight.packed
         zero_points = weight.zero_points
 

@@ -27,7 +27,7 @@ class ModelShape:
     vocab_size: int
 
     @classmethod
-    def from_config(cls, config: dict) -> "ModelShape":
+    def from_config(cls, config: dict) -> ModelShape:
         return cls(
             config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"], config["vocab_size"]
         )

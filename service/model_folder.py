@@ -50,7 +50,7 @@ class ModelFolder:
         return ids
 
     @classmethod
-    def load(cls, path: Path) -> "ModelFolder":
+    def load(cls, path: Path) -> ModelFolder:
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
             raise ModelFolderError(f"{path} has no manifest.json: not a converted model folder")

@@ -19,7 +19,7 @@ class ModelSpec:
     model_id: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         """PATH, or ID=PATH to choose the id clients use."""
         name, separator, path = text.partition("=")
         if separator and name and "/" not in name:
