@@ -26,6 +26,3 @@ class KVCache:
             binding.bind_ortvalue_input(f"past_key_values.{layer}.{kind}", buffer)
             binding.bind_ortvalue_output(f"present.{layer}.{kind}", buffer)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(int(np.prod(buffer.shape())) * 4 for buffer in self.buffers.values())

@@ -62,15 +62,6 @@ class ModelRegistry:
     def any_ready(self) -> bool:
         return any(entry.status == READY for entry in self._entries.values())
 
-    def wait_until_settled(self, timeout: float) -> bool:
-        """True once no model is still loading (for the CLI and tests)."""
-        deadline = time.monotonic() + timeout
-        while any(entry.status == LOADING for entry in self._entries.values()):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
     def close(self) -> None:
         for entry in self.entries():
             if entry.engine is not None:
