@@ -13,8 +13,7 @@ from converter import CONVERTER_VERSION
 from converter.convert import Progress, convert, source_digest
 
 
-def cache_folder_for(source: Path, cache_root: Path, quant: str, activations: str) -> Path:
-    digest, _ = source_digest(source)
+def cache_folder_for(digest: str, source: Path, cache_root: Path, quant: str, activations: str) -> Path:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem if source.is_file() else source.name)
     return cache_root / f"{stem}-{digest[:16]}-c{CONVERTER_VERSION}-{quant}-{activations}"
 
@@ -30,12 +29,15 @@ def cached_conversion(
 
     A lock file makes concurrent callers (a test run and a service, say) convert only once.
     """
-    folder = cache_folder_for(source, cache_root, quant, activations)
+    hashes = source_digest(source)
+    folder = cache_folder_for(hashes[0], source, cache_root, quant, activations)
     if (folder / "manifest.json").is_file():
         return folder
     cache_root.mkdir(parents=True, exist_ok=True)
     with open(cache_root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "manifest.json").is_file():
-            convert(source, folder, quant, force=True, progress=progress, activation_precision=activations)
+            convert(
+                source, folder, quant, force=True, progress=progress, activation_precision=activations, source_hashes=hashes
+            )
     return folder

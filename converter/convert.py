@@ -70,8 +70,11 @@ def convert(
     progress: Progress = lambda message: None,
     model_id: str | None = None,
     activation_precision: str = "fp32",
+    source_hashes: tuple[str, dict[str, str]] | None = None,
 ) -> Path:
     """Writes the model folder for `source` at `out` and returns it.
+
+    `source_hashes` is `source_digest(source)` when the caller already computed it.
 
     The folder is built beside `out` and renamed into place at the end, so a failure or an
     interruption never leaves a half-written model where the service would load it.
@@ -82,8 +85,10 @@ def convert(
         raise ConversionError(f"--quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConversionError(f"{out} already exists and is not empty (pass --force to replace it)")
-    progress(f"hashing {source}")
-    digest, file_hashes = source_digest(source) if source.exists() else ("", {})
+    if source_hashes is None and source.exists():
+        progress(f"hashing {source}")
+        source_hashes = source_digest(source)
+    digest, file_hashes = source_hashes or ("", {})
     progress("reading weights")
     model = read_source(source, file_hashes)
     weights = apply_quantization(model.weights, quant)
