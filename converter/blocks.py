@@ -140,22 +140,45 @@ def residual_rms_norm(
     return normed, total
 
 
-def rotary_caches(config: DecoderConfig) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin tables (positions, head_dim / 2), computed in float64 then stored as float32."""
-    exponents = np.arange(0, config.head_dim, 2, dtype=np.float64) / config.head_dim
-    inverse_frequencies = 1.0 / (config.rope_theta**exponents)
-    angles = np.outer(np.arange(config.max_position_embeddings, dtype=np.float64), inverse_frequencies)
+def rotary_caches(head_dim: int, theta: float, positions: int, scaling_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables (positions, head_dim / 2), computed in float64 then stored as float32.
+
+    Linear rope scaling divides positions by the factor (Hugging Face's "linear" rope_type).
+    """
+    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+    inverse_frequencies = 1.0 / (theta**exponents)
+    angles = np.outer(np.arange(positions, dtype=np.float64) / scaling_factor, inverse_frequencies)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class AttentionInputs:
-    """Graph inputs every attention layer reads."""
+    """Graph inputs every attention layer reads, and the rotary tables of its kind of layer."""
 
     seqlens_k: str
     total_sequence_length: str
     cos_cache: str
     sin_cache: str
+    # GroupQueryAttention's local_window_size: how many positions a query sees, its own included
+    # (Hugging Face's sliding_window; -1: all of them). Checked against transformers in tests.
+    local_window: int = -1
+
+
+def _add_bias(builder: GraphBuilder, x: str, bias: np.ndarray | None, name: str) -> str:
+    if bias is None:
+        return x
+    return builder.op1("Add", [x, builder.constant(f"{name}.bias", bias.astype(np.float32))], f"{name}/plus_bias")
+
+
+def _per_head_rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray | None, epsilon: float, head_dim: int, name: str) -> str:
+    """RMS norm over each head's slice of (batch, sequence, heads * head_dim), as Qwen 3 and Gemma 3 do."""
+    if gamma is None:
+        return x
+    by_head = builder.constant(f"head_shape_{head_dim}", np.array([0, 0, -1, head_dim], dtype=np.int64))
+    flat = builder.constant("flatten_heads_shape", np.array([0, 0, -1], dtype=np.int64))
+    heads = builder.op1("Reshape", [x, by_head], f"{name}/by_head")
+    normed = rms_norm(builder, heads, gamma, epsilon, name)
+    return builder.op1("Reshape", [normed, flat], f"{name}/flat")
 
 
 def attention(
@@ -173,11 +196,15 @@ def attention(
 
     GroupQueryAttention takes positions from seqlens_k, so the same graph serves a first prompt,
     a later chunk of a prompt and single-token decode steps. When present and past are bound to
-    one buffer the op appends in place: a decode step allocates nothing for the cache.
+    one buffer the op appends in place: a decode step allocates nothing for the cache. Per-head
+    q/k norms come before it, since it applies the rotary embedding itself.
     """
-    query = linear(builder, x, layer.q_proj, f"{name}.q_proj", accuracy)
-    key = linear(builder, x, layer.k_proj, f"{name}.k_proj", accuracy)
-    value = linear(builder, x, layer.v_proj, f"{name}.v_proj", accuracy)
+    query = _add_bias(builder, linear(builder, x, layer.q_proj, f"{name}.q_proj", accuracy), layer.q_bias, f"{name}.q_proj")
+    key = _add_bias(builder, linear(builder, x, layer.k_proj, f"{name}.k_proj", accuracy), layer.k_bias, f"{name}.k_proj")
+    value = _add_bias(builder, linear(builder, x, layer.v_proj, f"{name}.v_proj", accuracy), layer.v_bias, f"{name}.v_proj")
+    query = _per_head_rms_norm(builder, query, layer.q_norm, config.rms_norm_eps, config.head_dim, f"{name}.q_norm")
+    key = _per_head_rms_norm(builder, key, layer.k_norm, config.rms_norm_eps, config.head_dim, f"{name}.k_norm")
+    scale = config.attention_scale if config.attention_scale is not None else config.head_dim**-0.5
     output, present_key, present_value = builder.op(
         "GroupQueryAttention",
         [
@@ -198,18 +225,43 @@ def attention(
         kv_num_heads=config.num_key_value_heads,
         do_rotary=1,
         rotary_interleaved=int(config.rope_interleaved),
-        scale=float(config.head_dim**-0.5),
+        scale=float(scale),
+        softcap=float(config.attention_softcap),
+        local_window_size=shared.local_window,
     )
     return linear(builder, output, layer.o_proj, f"{name}.o_proj", accuracy), present_key, present_value
 
 
-def gated_mlp(builder: GraphBuilder, x: str, layer: LayerWeights, name: str, accuracy: AccuracyLevels = EXACT) -> str:
-    """down(silu(gate(x)) * up(x))."""
+def _activation(builder: GraphBuilder, x: str, kind: str, name: str) -> str:
+    if kind == "silu":
+        return builder.op1("Mul", [x, builder.op1("Sigmoid", [x], f"{name}.sigmoid")], f"{name}.silu")
+    if kind == "gelu_tanh":
+        return builder.op1("Gelu", [x], f"{name}.gelu", approximate="tanh")
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def gated_mlp(
+    builder: GraphBuilder, x: str, layer: LayerWeights, activation: str, name: str, accuracy: AccuracyLevels = EXACT
+) -> str:
+    """down(act(gate(x)) * up(x)), with SiLU (Llama, Qwen) or tanh-approximated GELU (Gemma)."""
     gate = linear(builder, x, layer.gate_proj, f"{name}.gate_proj", accuracy)
     up = linear(builder, x, layer.up_proj, f"{name}.up_proj", accuracy)
-    activated = builder.op1("Mul", [gate, builder.op1("Sigmoid", [gate], f"{name}.sigmoid")], f"{name}.silu")
-    product = builder.op1("Mul", [activated, up], f"{name}.gate_times_up")
+    product = builder.op1("Mul", [_activation(builder, gate, activation, name), up], f"{name}.gate_times_up")
     return linear(builder, product, layer.down_proj, f"{name}.down_proj", accuracy)
+
+
+def scaled(builder: GraphBuilder, x: str, factor: float, name: str) -> str:
+    if factor == 1.0:
+        return x
+    return builder.op1("Mul", [x, builder.constant(f"{name}.factor", np.array(factor, dtype=np.float32))], name)
+
+
+def soft_capped(builder: GraphBuilder, x: str, cap: float, name: str) -> str:
+    """cap * tanh(x / cap): how Gemma 2 bounds its logits; identity when cap is 0."""
+    if not cap:
+        return x
+    inner = scaled(builder, x, 1.0 / cap, f"{name}/divided")
+    return scaled(builder, builder.op1("Tanh", [inner], f"{name}/tanh"), cap, name)
 
 
 def last_positions(builder: GraphBuilder, hidden: str, count: str, name: str) -> str:

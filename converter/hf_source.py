@@ -5,29 +5,53 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from converter.errors import ConversionError
 from converter.model_config import (
-    SUPPORTED_ARCHITECTURES,
     DecoderConfig,
     DecoderWeights,
     GenerationSettings,
     SourceModel,
+    every_nth_layer_full,
     read_layers,
 )
 from converter.safetensors_reader import read_safetensors
 from converter.weights import DenseWeight
 
-HF_LAYER_NAMES = {
-    "input_layernorm": "model.layers.{index}.input_layernorm.weight",
-    "q_proj": "model.layers.{index}.self_attn.q_proj.weight",
-    "k_proj": "model.layers.{index}.self_attn.k_proj.weight",
-    "v_proj": "model.layers.{index}.self_attn.v_proj.weight",
-    "o_proj": "model.layers.{index}.self_attn.o_proj.weight",
-    "post_attention_layernorm": "model.layers.{index}.post_attention_layernorm.weight",
-    "gate_proj": "model.layers.{index}.mlp.gate_proj.weight",
-    "up_proj": "model.layers.{index}.mlp.up_proj.weight",
-    "down_proj": "model.layers.{index}.mlp.down_proj.weight",
+_LAYER = "model.layers.{index}"
+_LLAMA_NAMES = {
+    "input_layernorm": f"{_LAYER}.input_layernorm.weight",
+    "q_proj": f"{_LAYER}.self_attn.q_proj.weight",
+    "k_proj": f"{_LAYER}.self_attn.k_proj.weight",
+    "v_proj": f"{_LAYER}.self_attn.v_proj.weight",
+    "o_proj": f"{_LAYER}.self_attn.o_proj.weight",
+    "pre_feedforward_layernorm": f"{_LAYER}.post_attention_layernorm.weight",
+    "gate_proj": f"{_LAYER}.mlp.gate_proj.weight",
+    "up_proj": f"{_LAYER}.mlp.up_proj.weight",
+    "down_proj": f"{_LAYER}.mlp.down_proj.weight",
 }
+_BIASES = {f"{part}_bias": f"{_LAYER}.self_attn.{part}_proj.bias" for part in ("q", "k", "v")}
+_QK_NORMS = {f"{part}_norm": f"{_LAYER}.self_attn.{part}_norm.weight" for part in ("q", "k")}
+# Tensor names by architecture: which parts each one's layers have (see LayerWeights).
+HF_LAYER_NAMES = {
+    "llama": _LLAMA_NAMES,
+    "qwen2": {**_LLAMA_NAMES, **_BIASES},
+    "qwen3": {**_LLAMA_NAMES, **_QK_NORMS},
+    "gemma3": {
+        **_LLAMA_NAMES,
+        **_QK_NORMS,
+        "post_attention_layernorm": f"{_LAYER}.post_attention_layernorm.weight",
+        "pre_feedforward_layernorm": f"{_LAYER}.pre_feedforward_layernorm.weight",
+        "post_feedforward_layernorm": f"{_LAYER}.post_feedforward_layernorm.weight",
+    },
+}
+# model_type in config.json -> our architecture name.
+_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma3_text": "gemma3"}
+# Gemma's RMSNorm multiplies by (1 + weight); adding the 1 once here lets every architecture
+# share one norm kernel.
+_NORM_WEIGHT_OFFSET = {"gemma3": 1.0}
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
 
 def _read_json(path: Path) -> dict:
@@ -41,27 +65,50 @@ def _read_json(path: Path) -> dict:
 
 def _config(raw: dict) -> DecoderConfig:
     model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_ARCHITECTURES:
+    architecture = _MODEL_TYPES.get(model_type)
+    if architecture is None:
         raise ConversionError(
-            f"model_type {model_type!r} is not supported natively (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            f"model_type {model_type!r} is not supported natively (supported: {', '.join(_MODEL_TYPES)})"
         )
-    if raw.get("rope_scaling"):
-        raise ConversionError(f"rope_scaling {raw['rope_scaling']!r} is not supported yet")
+    rope_scaling = raw.get("rope_scaling") or {}
+    scaling_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    if scaling_type not in (None, "default", "linear"):
+        raise ConversionError(f"rope_scaling {rope_scaling!r} is not supported (supported: linear)")
+    if raw.get("use_sliding_window") and architecture != "gemma3":
+        raise ConversionError(f"{model_type} with use_sliding_window is not supported")
+    activation = raw.get("hidden_activation") or raw.get("hidden_act", "silu")
+    if activation not in _ACTIVATIONS:
+        raise ConversionError(f"hidden activation {activation!r} is not supported (supported: {', '.join(_ACTIVATIONS)})")
     heads = raw["num_attention_heads"]
+    head_dim = raw.get("head_dim") or raw["hidden_size"] // heads
+    gemma = architecture == "gemma3"
     return DecoderConfig(
-        architecture=model_type,
+        architecture=architecture,
         vocab_size=raw["vocab_size"],
         hidden_size=raw["hidden_size"],
         intermediate_size=raw["intermediate_size"],
         num_hidden_layers=raw["num_hidden_layers"],
         num_attention_heads=heads,
         num_key_value_heads=raw.get("num_key_value_heads") or heads,
-        head_dim=raw.get("head_dim") or raw["hidden_size"] // heads,
+        head_dim=head_dim,
         rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         rope_theta=float(raw.get("rope_theta", 10000.0)),
         max_position_embeddings=raw.get("max_position_embeddings", 2048),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", gemma)),
         rope_interleaved=False,
+        hidden_activation=_ACTIVATIONS[activation],
+        attention_scale=float(raw["query_pre_attn_scalar"]) ** -0.5 if gemma else None,
+        attention_softcap=float(raw.get("attn_logit_softcapping") or 0.0),
+        final_logit_softcap=float(raw.get("final_logit_softcapping") or 0.0),
+        embedding_scale=float(raw["hidden_size"]) ** 0.5 if gemma else 1.0,
+        rope_scaling_factor=float(rope_scaling.get("factor", 1.0)) if scaling_type == "linear" else 1.0,
+        layer_types=(
+            tuple(raw.get("layer_types") or every_nth_layer_full(raw["num_hidden_layers"], raw.get("sliding_window_pattern", 6)))
+            if gemma
+            else ()
+        ),
+        sliding_window=int(raw.get("sliding_window") or 0) if gemma else 0,
+        rope_local_theta=float(raw.get("rope_local_base_freq", 10000.0)) if gemma else None,
     )
 
 
@@ -120,12 +167,18 @@ def read_huggingface(folder: Path, file_hashes: dict[str, str]) -> SourceModel:
     def matrix(name: str) -> DenseWeight:
         return DenseWeight(take(name), "F32")
 
-    layers = read_layers(config.num_hidden_layers, HF_LAYER_NAMES, matrix, take)
+    norm_offset = _NORM_WEIGHT_OFFSET.get(config.architecture, 0.0)
+
+    def vector(name: str) -> np.ndarray:
+        values = take(name).astype(np.float32)
+        return values + norm_offset if name.endswith("norm.weight") else values
+
+    layers = read_layers(config.num_hidden_layers, HF_LAYER_NAMES[config.architecture], matrix, vector)
     tied = config.tie_word_embeddings or "lm_head.weight" not in tensors
     weights = DecoderWeights(
         embed_tokens=matrix("model.embed_tokens.weight"),
         layers=layers,
-        norm=take("model.norm.weight"),
+        norm=vector("model.norm.weight"),
         lm_head=None if tied else matrix("lm_head.weight"),
     )
     return SourceModel(

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from converter.weights import LinearWeight
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Shapes and constants of a llama-family decoder, named as in Hugging Face configs."""
+    """Shapes and constants of a decoder, named as in Hugging Face configs.
+
+    The defaults describe Llama; Qwen and Gemma differ only in the values of the optional fields
+    (and in which optional tensors their layers carry, see LayerWeights).
+    """
 
     architecture: str
     vocab_size: int
@@ -30,24 +36,62 @@ class DecoderConfig:
     tie_word_embeddings: bool
     # GGUF llama files store q/k rows permuted for rotary on adjacent pairs; HF uses halves.
     rope_interleaved: bool = False
+    hidden_activation: str = "silu"  # or "gelu_tanh" (Gemma)
+    attention_scale: float | None = None  # None: head_dim ** -0.5
+    attention_softcap: float = 0.0  # 0: no tanh cap on attention scores
+    final_logit_softcap: float = 0.0
+    embedding_scale: float = 1.0  # Gemma multiplies embeddings by sqrt(hidden_size)
+    rope_scaling_factor: float = 1.0  # linear position interpolation on full-attention layers
+    # Per layer FULL_ATTENTION or SLIDING_ATTENTION; sliding layers see the last `sliding_window`
+    # positions (the current one included) and use `rope_local_theta` when it is set.
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int = 0
+    rope_local_theta: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layer_types:
+            object.__setattr__(self, "layer_types", (FULL_ATTENTION,) * self.num_hidden_layers)
+        else:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
+def every_nth_layer_full(count: int, period: int) -> tuple[str, ...]:
+    """Gemma 3's layout: `period - 1` sliding-window layers, then one full-attention layer."""
+    return tuple(SLIDING_ATTENTION if (index + 1) % period else FULL_ATTENTION for index in range(count))
+
+
 @dataclass
 class LayerWeights:
-    """One transformer block, names after the HF llama modules."""
+    """One transformer block; the roles are named as in Gemma, which has every one of them.
+
+    Llama's `post_attention_layernorm` is the norm *before* the MLP, so it fills
+    `pre_feedforward_layernorm` here. Optional parts are None where an architecture lacks them:
+    q/k/v biases (Qwen 2), per-head q/k norms (Qwen 3, Gemma 3), norms on the attention and MLP
+    outputs (Gemma 3).
+    """
 
     input_layernorm: np.ndarray
     q_proj: LinearWeight
     k_proj: LinearWeight
     v_proj: LinearWeight
     o_proj: LinearWeight
-    post_attention_layernorm: np.ndarray
+    pre_feedforward_layernorm: np.ndarray
     gate_proj: LinearWeight
     up_proj: LinearWeight
     down_proj: LinearWeight
+    q_bias: np.ndarray | None = None
+    k_bias: np.ndarray | None = None
+    v_bias: np.ndarray | None = None
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    post_attention_layernorm: np.ndarray | None = None
+    post_feedforward_layernorm: np.ndarray | None = None
+
+
+MATRIX_PARTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def read_layers(
@@ -56,13 +100,15 @@ def read_layers(
     matrix: Callable[[str], LinearWeight],
     vector: Callable[[str], np.ndarray],
 ) -> list[LayerWeights]:
-    """Builds each layer from a table of source tensor names ("{index}" stands for the layer)."""
-    vectors = {"input_layernorm", "post_attention_layernorm"}
+    """Builds each layer from a table of source tensor names ("{index}" stands for the layer).
+
+    The table names the parts an architecture has; parts it leaves out stay None.
+    """
     return [
         LayerWeights(
             **{
-                item.name: (vector if item.name in vectors else matrix)(source_names[item.name].format(index=index))
-                for item in fields(LayerWeights)
+                part: (matrix if part in MATRIX_PARTS else vector)(name.format(index=index))
+                for part, name in source_names.items()
             }
         )
         for index in range(count)

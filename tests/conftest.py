@@ -9,7 +9,9 @@ import pytest
 from converter.cache import cached_conversion
 from converter.convert import convert
 from service.settings import embedded_default_model
-from tests.support import REPO, ServiceProcess, write_tiny_llama
+from tests.real_models import gemma3_gguf
+from tests.support import REPO, ServiceProcess
+from tests.tiny_models import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +23,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    return write_tiny_llama(tmp_path_factory.mktemp("checkpoints") / "tiny-llama")
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("checkpoints") / "tiny-llama")
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +35,12 @@ def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     return embedded_default_model().source
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf_path() -> Path:
+    """Gemma 3 270M Q4_K_M, joined once into the ignored models/sources/ folder."""
+    return gemma3_gguf(REPO / "models" / "sources")
 
 
 @pytest.fixture(scope="session")
