@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from converter import CONVERTER_VERSION
 from converter.convert import convert
 from converter.errors import ConversionError
+from converter.progress import ConsoleProgress
 from converter.quantization import QUANT_MODES
 
 
@@ -43,18 +43,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    started = time.monotonic()
-
-    def progress(message: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
-
     try:
         convert(
             arguments.source,
             arguments.out,
             arguments.quant,
             arguments.force,
-            progress,
+            ConsoleProgress(),
             arguments.model_id,
             arguments.activations,
         )

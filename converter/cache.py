@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 from converter import CONVERTER_VERSION
-from converter.convert import Progress, convert, source_digest
+from converter.convert import convert, source_digest
+from converter.progress import Progress
 
 
 def cache_folder_for(digest: str, source: Path, cache_root: Path, quant: str, activations: str) -> Path:
@@ -23,7 +24,7 @@ def cached_conversion(
     cache_root: Path,
     quant: str = "keep",
     activations: str = "fp32",
-    progress: Progress = lambda message: None,
+    progress: Progress = Progress(),
 ) -> Path:
     """The model folder for `source`, converting it first unless a finished one is cached.
 

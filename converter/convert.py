@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -18,13 +17,13 @@ from converter.errors import ConversionError
 from converter.gguf_source import GGUF_MAGIC, read_gguf
 from converter.hf_source import read_huggingface
 from converter.model_config import SourceModel
+from converter.progress import Progress
 from converter.quantization import QUANT_MODES, apply_quantization, quantization_table, split_8bit_weights
 
 MANIFEST_FORMAT = 1
 # Protobuf caps one file at 2 GiB; larger graphs keep their weights in a side file.
 _SINGLE_FILE_LIMIT = 1_800_000_000
 
-Progress = Callable[[str], None]
 # How quantized matmuls treat activations (MatMulNBits accuracy_level by weight bits). fp32 is
 # exact (8-bit weights run as two 4-bit halves, since ORT has no fast float kernel for them);
 # int8 lets ORT quantize activations per block, which on SmolLM2-135M Q4_1 was about 25% faster
@@ -50,16 +49,16 @@ def source_digest(source: Path) -> tuple[str, dict[str, str]]:
     return combined.hexdigest(), files
 
 
-def read_source(source: Path, file_hashes: dict[str, str]) -> SourceModel:
+def read_source(source: Path, file_hashes: dict[str, str], progress: Progress = Progress()) -> SourceModel:
     if not source.exists():
         raise ConversionError(f"{source} does not exist")
     if source.is_dir():
-        return read_huggingface(source, file_hashes)
+        return read_huggingface(source, file_hashes, progress)
     with source.open("rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise ConversionError(f"{source} is neither a GGUF file (wrong magic bytes) nor a checkpoint folder")
-    return read_gguf(source, file_hashes[source.name])
+    return read_gguf(source, file_hashes[source.name], progress)
 
 
 def convert(
@@ -67,7 +66,7 @@ def convert(
     out: Path,
     quant: str = "keep",
     force: bool = False,
-    progress: Progress = lambda message: None,
+    progress: Progress = Progress(),
     model_id: str | None = None,
     activation_precision: str = "fp32",
     source_hashes: tuple[str, dict[str, str]] | None = None,
@@ -86,22 +85,22 @@ def convert(
     if out.exists() and any(out.iterdir()) and not force:
         raise ConversionError(f"{out} already exists and is not empty (pass --force to replace it)")
     if source_hashes is None and source.exists():
-        progress(f"hashing {source}")
+        progress.stage(f"hashing {source}")
         source_hashes = source_digest(source)
     digest, file_hashes = source_hashes or ("", {})
-    progress("reading weights")
-    model = read_source(source, file_hashes)
+    progress.stage("reading weights")
+    model = read_source(source, file_hashes, progress)
     weights = apply_quantization(model.weights, quant)
     if activation_precision == "fp32":
         weights = split_8bit_weights(weights)
-    progress(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
-    graph = build_decoder(model.config, weights, ACCURACY_LEVELS[activation_precision])
+    progress.stage(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
+    graph = build_decoder(model.config, weights, ACCURACY_LEVELS[activation_precision], progress)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)
     try:
-        progress("writing the model folder")
+        progress.stage("writing the model folder")
         quantization = {
             "mode": quant,
             "activation_precision": activation_precision,
@@ -111,7 +110,7 @@ def convert(
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    progress(f"done: {out}")
+    progress.stage(f"done: {out}")
     return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from converter import blocks
 from converter.graph_builder import FLOAT, INT32, INT64, GraphBuilder
 from converter.model_config import SLIDING_ATTENTION, DecoderConfig, DecoderWeights
+from converter.progress import Progress
 
 
 def _attention_inputs(builder: GraphBuilder, config: DecoderConfig, seqlens_k: str, total: str) -> dict[str, blocks.AttentionInputs]:
@@ -37,7 +38,12 @@ def _attention_inputs(builder: GraphBuilder, config: DecoderConfig, seqlens_k: s
     return kinds
 
 
-def build_decoder(config: DecoderConfig, weights: DecoderWeights, accuracy: blocks.AccuracyLevels = blocks.EXACT):
+def build_decoder(
+    config: DecoderConfig,
+    weights: DecoderWeights,
+    accuracy: blocks.AccuracyLevels = blocks.EXACT,
+    progress: Progress = Progress(),
+):
     builder = GraphBuilder(f"{config.architecture}_decoder")
     input_ids = builder.input("input_ids", INT64, ["batch", "sequence"])
     seqlens_k = builder.input("seqlens_k", INT32, ["batch"])
@@ -50,7 +56,8 @@ def build_decoder(config: DecoderConfig, weights: DecoderWeights, accuracy: bloc
     embedded = blocks.embedding(builder, input_ids, weights.embed_tokens, "model.embed_tokens")
     residual = blocks.scaled(builder, embedded, config.embedding_scale, "model.embed_tokens/scaled")
     pending = None  # the last block's output, still to be added to the residual stream
-    for index, (layer, kind) in enumerate(zip(weights.layers, config.layer_types, strict=True)):
+    layers = progress.track(zip(weights.layers, config.layer_types, strict=True), "building layers", len(weights.layers))
+    for index, (layer, kind) in enumerate(layers):
         prefix = f"model.layers.{index}"
         if pending is None:
             normed = blocks.rms_norm(builder, residual, layer.input_layernorm, epsilon, f"{prefix}.input_layernorm")

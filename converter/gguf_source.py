@@ -18,6 +18,7 @@ from converter.model_config import (
     every_nth_layer_full,
     read_layers,
 )
+from converter.progress import Progress
 from converter.tokenizer_from_gguf import tokenizer_json_from_gguf
 
 GGUF_MAGIC = b"GGUF"
@@ -139,7 +140,7 @@ def _generation(fields: dict) -> GenerationSettings:
     )
 
 
-def read_gguf(path: Path, sha256: str) -> SourceModel:
+def read_gguf(path: Path, sha256: str, progress: Progress = Progress()) -> SourceModel:
     reader = _open(path)
     fields = read_fields(reader)
     architecture = fields.get("general.architecture")
@@ -165,7 +166,7 @@ def read_gguf(path: Path, sha256: str) -> SourceModel:
     embed = matrix("token_embd.weight")
     tied = "output.weight" not in tensors
     config = _config(fields, embed.shape[0], tied)
-    layers = read_layers(config.num_hidden_layers, GGUF_LAYER_NAMES[architecture], matrix, vector)
+    layers = read_layers(config.num_hidden_layers, GGUF_LAYER_NAMES[architecture], matrix, vector, progress.track)
     weights = DecoderWeights(
         embed_tokens=embed,
         layers=layers,

@@ -16,6 +16,7 @@ from converter.model_config import (
     every_nth_layer_full,
     read_layers,
 )
+from converter.progress import Progress
 from converter.safetensors_reader import read_safetensors
 from converter.weights import DenseWeight
 
@@ -147,7 +148,7 @@ def _generation(folder: Path, config: dict, tokenizer_config: dict) -> Generatio
     )
 
 
-def read_huggingface(folder: Path, file_hashes: dict[str, str]) -> SourceModel:
+def read_huggingface(folder: Path, file_hashes: dict[str, str], progress: Progress = Progress()) -> SourceModel:
     config_path = folder / "config.json"
     if not config_path.exists():
         raise ConversionError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
@@ -173,7 +174,7 @@ def read_huggingface(folder: Path, file_hashes: dict[str, str]) -> SourceModel:
         values = take(name).astype(np.float32)
         return values + norm_offset if name.endswith("norm.weight") else values
 
-    layers = read_layers(config.num_hidden_layers, HF_LAYER_NAMES[config.architecture], matrix, vector)
+    layers = read_layers(config.num_hidden_layers, HF_LAYER_NAMES[config.architecture], matrix, vector, progress.track)
     tied = config.tie_word_embeddings or "lm_head.weight" not in tensors
     weights = DecoderWeights(
         embed_tokens=matrix("model.embed_tokens.weight"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -99,6 +99,7 @@ def read_layers(
     source_names: dict[str, str],
     matrix: Callable[[str], LinearWeight],
     vector: Callable[[str], np.ndarray],
+    track: Callable[[Iterable[int], str, int], Iterator[int]] = lambda items, description, total: iter(items),
 ) -> list[LayerWeights]:
     """Builds each layer from a table of source tensor names ("{index}" stands for the layer).
 
@@ -111,7 +112,7 @@ def read_layers(
                 for part, name in source_names.items()
             }
         )
-        for index in range(count)
+        for index in track(range(count), "reading layers", count)
     ]
 
 
