@@ -18,6 +18,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from converter.cache import cached_conversion
+from converter.convert import ConversionOptions
 from service.generator import Generator, ModelShape
 from service.model_folder import ModelFolder
 from service.runtime import choose_placement, create_session
@@ -56,7 +57,7 @@ def main() -> None:
 
     source = arguments.model or embedded_default_model().source
     path = source if (source / "manifest.json").is_file() else cached_conversion(
-        source, REPO / "models", activations=arguments.activations
+        source, REPO / "models", ConversionOptions(activations=arguments.activations)
     )
     folder = ModelFolder.load(path)
     started = time.perf_counter()

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from converter import CONVERTER_VERSION
-from converter.convert import convert
+from converter.convert import BACKENDS, ConversionOptions, convert
 from converter.errors import ConversionError
 from converter.progress import ConsoleProgress
+from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS
 from converter.quantization import QUANT_MODES
 
 
@@ -35,6 +36,27 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="how quantized matmuls treat activations: fp32 (exact) or int8 blocks (faster, with a "
         "small accuracy loss) (default: fp32)",
     )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        choices=BLOCK_SIZES,
+        default=32,
+        help="block size when float weights are quantized to int4/int8 by onnxruntime.quantization (default: 32)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        choices=INT4_ALGORITHMS,
+        default="rtn",
+        help="int4 algorithm: rtn = round to nearest per block; k_quant = ORT's scale search; "
+        "hqq = half-quadratic (needs torch; float zero points, slower on CPU) (default: rtn)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="native",
+        help="native = this converter's graph (llama, qwen2, qwen3, gemma3; GGUF or HF); optimum = optimum's "
+        "ONNX exporter for other Hugging Face architectures (needs the optimum extra) (default: native)",
+    )
     parser.add_argument("--model-id", help="the id the service lists the model under (default: the source's name)")
     parser.add_argument("--force", action="store_true", help="replace DIR if it already exists")
     parser.add_argument("--version", action="version", version=f"converter {CONVERTER_VERSION}")
@@ -44,15 +66,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     try:
-        convert(
-            arguments.source,
-            arguments.out,
-            arguments.quant,
-            arguments.force,
-            ConsoleProgress(),
-            arguments.model_id,
-            arguments.activations,
+        options = ConversionOptions(
+            quant=arguments.quant,
+            activations=arguments.activations,
+            block_size=arguments.block_size,
+            algorithm=arguments.algorithm,
+            backend=arguments.backend,
         )
+        convert(arguments.source, arguments.out, options, arguments.force, ConsoleProgress(), arguments.model_id)
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

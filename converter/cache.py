@@ -10,20 +10,19 @@ import re
 from pathlib import Path
 
 from converter import CONVERTER_VERSION
-from converter.convert import convert, source_digest
+from converter.convert import ConversionOptions, convert, source_digest
 from converter.progress import Progress
 
 
-def cache_folder_for(digest: str, source: Path, cache_root: Path, quant: str, activations: str) -> Path:
+def cache_folder_for(digest: str, source: Path, cache_root: Path, options: ConversionOptions) -> Path:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem if source.is_file() else source.name)
-    return cache_root / f"{stem}-{digest[:16]}-c{CONVERTER_VERSION}-{quant}-{activations}"
+    return cache_root / f"{stem}-{digest[:16]}-c{CONVERTER_VERSION}-{options.label()}"
 
 
 def cached_conversion(
     source: Path,
     cache_root: Path,
-    quant: str = "keep",
-    activations: str = "fp32",
+    options: ConversionOptions = ConversionOptions(),
     progress: Progress = Progress(),
 ) -> Path:
     """The model folder for `source`, converting it first unless a finished one is cached.
@@ -31,14 +30,12 @@ def cached_conversion(
     A lock file makes concurrent callers (a test run and a service, say) convert only once.
     """
     hashes = source_digest(source)
-    folder = cache_folder_for(hashes[0], source, cache_root, quant, activations)
+    folder = cache_folder_for(hashes[0], source, cache_root, options)
     if (folder / "manifest.json").is_file():
         return folder
     cache_root.mkdir(parents=True, exist_ok=True)
     with open(cache_root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (folder / "manifest.json").is_file():
-            convert(
-                source, folder, quant, force=True, progress=progress, activation_precision=activations, source_hashes=hashes
-            )
+            convert(source, folder, options, force=True, progress=progress, source_hashes=hashes)
     return folder

@@ -7,20 +7,24 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-from converter import CONVERTER_VERSION
+from converter import CONVERTER_VERSION, optimum_backend
 from converter.decoder_graph import build_decoder
 from converter.errors import ConversionError
 from converter.gguf_source import GGUF_MAGIC, read_gguf
-from converter.hf_source import read_huggingface
+from converter.hf_source import read_checkpoint_texts, read_huggingface
 from converter.model_config import SourceModel
+from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS
 from converter.progress import Progress
 from converter.quantization import QUANT_MODES, apply_quantization, quantization_table, split_8bit_weights
 
 MANIFEST_FORMAT = 1
+NATIVE_INTERFACE = "native"
+BACKENDS = ("native", "optimum")
 # Protobuf caps one file at 2 GiB; larger graphs keep their weights in a side file.
 _SINGLE_FILE_LIMIT = 1_800_000_000
 
@@ -61,14 +65,57 @@ def read_source(source: Path, file_hashes: dict[str, str], progress: Progress = 
     return read_gguf(source, file_hashes[source.name], progress)
 
 
+@dataclass(frozen=True)
+class ConversionOptions:
+    """Everything besides the source that changes what a conversion writes."""
+
+    quant: str = "keep"  # QUANT_MODES
+    activations: str = "fp32"  # ACCURACY_LEVELS: how quantized matmuls treat activations
+    block_size: int = 32  # int4/int8 from float weights through onnxruntime.quantization
+    algorithm: str = "rtn"  # INT4_ALGORITHMS
+    backend: str = "native"  # BACKENDS
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConversionError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.activations not in ACCURACY_LEVELS:
+            raise ConversionError(f"activation precision {self.activations!r} is not one of {', '.join(ACCURACY_LEVELS)}")
+        if self.quant not in QUANT_MODES:
+            raise ConversionError(f"--quant {self.quant!r} is not one of {', '.join(QUANT_MODES)}")
+        if self.block_size not in BLOCK_SIZES:
+            raise ConversionError(f"block size {self.block_size} is not one of {', '.join(map(str, BLOCK_SIZES))}")
+        if self.algorithm not in INT4_ALGORITHMS:
+            raise ConversionError(f"algorithm {self.algorithm!r} is not one of {', '.join(INT4_ALGORITHMS)}")
+
+    def label(self) -> str:
+        """A short name for cache folders: only the options that matter for this mode."""
+        parts = [self.quant, self.activations]
+        if self.quant == "int4":
+            parts += [f"b{self.block_size}", self.algorithm]
+        if self.backend != "native":
+            parts.append(self.backend)
+        return "-".join(parts)
+
+
+@dataclass
+class BuiltGraph:
+    """A graph and what the manifest says about it, whichever backend made it."""
+
+    model: onnx.ModelProto
+    interface: str
+    quantization: dict
+    architecture: str
+    context_length: int
+    config: dict
+
+
 def convert(
     source: Path,
     out: Path,
-    quant: str = "keep",
+    options: ConversionOptions = ConversionOptions(),
     force: bool = False,
     progress: Progress = Progress(),
     model_id: str | None = None,
-    activation_precision: str = "fp32",
     source_hashes: tuple[str, dict[str, str]] | None = None,
 ) -> Path:
     """Writes the model folder for `source` at `out` and returns it.
@@ -78,35 +125,50 @@ def convert(
     The folder is built beside `out` and renamed into place at the end, so a failure or an
     interruption never leaves a half-written model where the service would load it.
     """
-    if activation_precision not in ACCURACY_LEVELS:
-        raise ConversionError(f"activation precision {activation_precision!r} is not one of {', '.join(ACCURACY_LEVELS)}")
-    if quant not in QUANT_MODES:
-        raise ConversionError(f"--quant {quant!r} is not one of {', '.join(QUANT_MODES)}")
+    options.check()
     if out.exists() and any(out.iterdir()) and not force:
         raise ConversionError(f"{out} already exists and is not empty (pass --force to replace it)")
     if source_hashes is None and source.exists():
         progress.stage(f"hashing {source}")
         source_hashes = source_digest(source)
     digest, file_hashes = source_hashes or ("", {})
-    progress.stage("reading weights")
-    model = read_source(source, file_hashes, progress)
-    weights = apply_quantization(model.weights, quant)
-    if activation_precision == "fp32":
-        weights = split_8bit_weights(weights)
-    progress.stage(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
-    graph = build_decoder(model.config, weights, ACCURACY_LEVELS[activation_precision], progress)
+    if options.backend == "optimum":
+        texts, built = _build_with_optimum(source, options, progress)
+        name = source.name
+        source_format = "huggingface"
+    else:
+        progress.stage("reading weights")
+        model = read_source(source, file_hashes, progress)
+        built = _build_native(model, options, progress)
+        texts = model
+        name = model.name
+        source_format = model.source_format
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     staging.chmod(0o755)
     try:
         progress.stage("writing the model folder")
-        quantization = {
-            "mode": quant,
-            "activation_precision": activation_precision,
-            "tensors": quantization_table(weights),
+        _save_graph(built.model, staging)
+        (staging / "tokenizer.json").write_text(texts.tokenizer_json, encoding="utf-8")
+        if texts.chat_template:
+            (staging / "chat_template.jinja").write_text(texts.chat_template, encoding="utf-8")
+        _write_json(staging / "generation.json", texts.generation.to_json())
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "model_id": model_id or name,
+            "converter_version": CONVERTER_VERSION,
+            "source": {"format": source_format, "sha256": digest, "files": file_hashes},
+            "graph": built.interface,
+            "architecture": built.architecture,
+            "context_length": built.context_length,
+            "config": built.config,
+            "quantization": built.quantization,
+            "files": {
+                path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in sorted(staging.iterdir())
+            },
         }
-        _write_folder(staging, model, graph, quantization, digest, model_id or model.name)
+        _write_json(staging / "manifest.json", manifest)
         _replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -114,9 +176,45 @@ def convert(
     return out
 
 
-def _write_folder(
-    folder: Path, model: SourceModel, graph: onnx.ModelProto, quantization: dict, digest: str, model_id: str
-) -> None:
+def _build_native(model: SourceModel, options: ConversionOptions, progress: Progress) -> BuiltGraph:
+    weights = apply_quantization(model.weights, options.quant)
+    if options.activations == "fp32":
+        weights = split_8bit_weights(weights)
+    progress.stage(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
+    graph = build_decoder(model.config, weights, ACCURACY_LEVELS[options.activations], progress)
+    return BuiltGraph(
+        model=graph,
+        interface=NATIVE_INTERFACE,
+        quantization={"mode": options.quant, "activation_precision": options.activations, "tensors": quantization_table(weights)},
+        architecture=model.config.architecture,
+        context_length=model.config.max_position_embeddings,
+        config=model.config.to_json(),
+    )
+
+
+def _build_with_optimum(source: Path, options: ConversionOptions, progress: Progress):
+    if not source.is_dir():
+        raise ConversionError(f"--backend optimum converts Hugging Face checkpoint folders; {source} is not a folder")
+    texts = read_checkpoint_texts(source)
+    exported = optimum_backend.export(source, progress)
+    progress.stage(f"quantizing ({options.quant})")
+    graph, quantization = optimum_backend.quantize(
+        exported, options.quant, options.block_size, options.algorithm, ACCURACY_LEVELS[options.activations][4]
+    )
+    config = texts.config
+    context = config.get("max_position_embeddings") or config.get("n_positions") or config.get("max_sequence_length") or 2048
+    built = BuiltGraph(
+        model=graph,
+        interface=optimum_backend.GRAPH_INTERFACE,
+        quantization={**quantization, "activation_precision": options.activations},
+        architecture=config.get("model_type", "unknown"),
+        context_length=int(context),
+        config=config,
+    )
+    return texts, built
+
+
+def _save_graph(graph: onnx.ModelProto, folder: Path) -> None:
     large = graph.ByteSize() > _SINGLE_FILE_LIMIT
     onnx.save_model(
         graph,
@@ -125,25 +223,6 @@ def _write_folder(
         all_tensors_to_one_file=True,
         location="model.onnx.data",
     )
-    (folder / "tokenizer.json").write_text(model.tokenizer_json, encoding="utf-8")
-    if model.chat_template:
-        (folder / "chat_template.jinja").write_text(model.chat_template, encoding="utf-8")
-    _write_json(folder / "generation.json", model.generation.to_json())
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "model_id": model_id,
-        "converter_version": CONVERTER_VERSION,
-        "source": {"format": model.source_format, "sha256": digest, "files": model.source_files},
-        "architecture": model.config.architecture,
-        "context_length": model.config.max_position_embeddings,
-        "config": model.config.to_json(),
-        "quantization": quantization,
-        "files": {
-            path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-            for path in sorted(folder.iterdir())
-        },
-    }
-    _write_json(folder / "manifest.json", manifest)
 
 
 def _write_json(path: Path, value: dict) -> None:

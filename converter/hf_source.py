@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -148,16 +149,36 @@ def _generation(folder: Path, config: dict, tokenizer_config: dict) -> Generatio
     )
 
 
-def read_huggingface(folder: Path, file_hashes: dict[str, str], progress: Progress = Progress()) -> SourceModel:
+@dataclass(frozen=True)
+class CheckpointTexts:
+    """What a checkpoint folder says besides its weights; the optimum backend reads it too."""
+
+    config: dict
+    tokenizer_json: str
+    chat_template: str | None
+    generation: GenerationSettings
+
+
+def read_checkpoint_texts(folder: Path) -> CheckpointTexts:
     config_path = folder / "config.json"
     if not config_path.exists():
         raise ConversionError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
     raw_config = _read_json(config_path)
-    config = _config(raw_config)
     tokenizer_path = folder / "tokenizer.json"
     if not tokenizer_path.exists():
         raise ConversionError(f"{folder} has no tokenizer.json")
     tokenizer_config = _read_json(folder / "tokenizer_config.json")
+    return CheckpointTexts(
+        config=raw_config,
+        tokenizer_json=tokenizer_path.read_text(encoding="utf-8"),
+        chat_template=_chat_template(folder, tokenizer_config),
+        generation=_generation(folder, raw_config, tokenizer_config),
+    )
+
+
+def read_huggingface(folder: Path, file_hashes: dict[str, str], progress: Progress = Progress()) -> SourceModel:
+    texts = read_checkpoint_texts(folder)
+    config = _config(texts.config)
     tensors = _tensors(folder)
 
     def take(name: str):
@@ -187,8 +208,8 @@ def read_huggingface(folder: Path, file_hashes: dict[str, str], progress: Progre
         source_format="huggingface",
         config=config,
         weights=weights,
-        tokenizer_json=tokenizer_path.read_text(encoding="utf-8"),
-        chat_template=_chat_template(folder, tokenizer_config),
-        generation=_generation(folder, raw_config, tokenizer_config),
+        tokenizer_json=texts.tokenizer_json,
+        chat_template=texts.chat_template,
+        generation=texts.generation,
         source_files=file_hashes,
     )

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from service.detokenizer import Detokenizer
-from service.generator import Generator, ModelShape
+from service.dynamic_generator import DynamicCacheGenerator
+from service.generator import DecodeLoop, Generator, ModelShape
 from service.model_folder import ModelFolder
 from service.runtime import Placement, create_session
 from service.sampler import Sampler, SamplingParams
@@ -60,12 +61,19 @@ class _Job:
     cancelled: threading.Event
 
 
+def decode_loop_for(folder: ModelFolder, session, capacity: int, device: str) -> DecodeLoop:
+    """The decode loop that fits the folder's graph interface."""
+    if folder.graph_interface == "optimum":
+        return DynamicCacheGenerator(session, capacity, device)
+    return Generator(session, ModelShape.from_config(folder.config), capacity, device)
+
+
 class Engine:
     def __init__(self, folder: ModelFolder, placement: Placement, capacity: int, threads: int | None = None) -> None:
         self.folder = folder
         self.placement = placement
         session = create_session(folder.path / "model.onnx", placement, threads)
-        self.generator = Generator(session, ModelShape.from_config(folder.config), capacity, placement.device)
+        self.generator = decode_loop_for(folder, session, capacity, placement.device)
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name=f"engine:{folder.model_id}", daemon=True)
         self._worker.start()

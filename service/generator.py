@@ -33,56 +33,25 @@ class ModelShape:
         )
 
 
-class Generator:
-    """Runs one sequence at a time through a decoder graph, keeping its KV cache between steps."""
+class DecodeLoop:
+    """Prefill, then one token per step; subclasses say how a step runs on their graph."""
 
-    def __init__(self, session: ort.InferenceSession, shape: ModelShape, capacity: int, device: str = "cpu") -> None:
-        self.session = session
-        self.cache = KVCache(shape.layers, shape.kv_heads, shape.head_dim, capacity, device)
-        self.logits = np.zeros((1, 1, shape.vocab_size), dtype=np.float32)
-        self.binding = session.io_binding()
-        self.cache.bind(self.binding)
-        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
-        self._one = np.array([1], dtype=np.int64)
+    cache: KVCache
 
     @property
     def capacity(self) -> int:
         return self.cache.capacity
 
-    def _run(self, binding: ort.IOBinding, token_ids: list[int], logits_to_keep: np.ndarray) -> None:
-        """Appends tokens to the cache through `binding`, whose logits output is already bound."""
-        length = self.cache.length + len(token_ids)
-        if length > self.capacity:
-            raise ValueError(f"sequence of {length} tokens exceeds the cache capacity of {self.capacity}")
-        binding.bind_cpu_input("input_ids", np.array([token_ids], dtype=np.int64))
-        binding.bind_cpu_input("seqlens_k", np.array([length - 1], dtype=np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.array(length, dtype=np.int32))
-        binding.bind_cpu_input("num_logits_to_keep", logits_to_keep)
-        self.session.run_with_iobinding(binding)
-        self.cache.length = length
-
     def forward(self, token_ids: list[int]) -> np.ndarray:
-        """Appends tokens to the cache and returns the logits after the last one (a view, reused)."""
-        self._run(self.binding, token_ids, self._one)
-        return self.logits[0, -1]
+        """Appends tokens to the cache and returns the logits after the last one."""
+        raise NotImplementedError
 
     def prompt_logits(self, token_ids: list[int]) -> np.ndarray:
-        """Logits after every position of a new sequence, (tokens, vocab): what scoring a text
-        needs (perplexity, prompt log-probabilities). Chunked like a prefill."""
-        self.cache.length = 0
-        chunks = []
-        for start in range(0, len(token_ids), PREFILL_CHUNK):
-            chunk = token_ids[start : start + PREFILL_CHUNK]
-            logits = np.empty((1, len(chunk), self.logits.shape[-1]), dtype=np.float32)
-            binding = self.session.io_binding()
-            self.cache.bind(binding)
-            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-            self._run(binding, chunk, np.array([len(chunk)], dtype=np.int64))
-            chunks.append(logits[0])
-        return np.concatenate(chunks)
+        """Logits after every position of a new sequence, (tokens, vocab)."""
+        raise NotImplementedError
 
     def prefill(self, prompt_ids: list[int]) -> np.ndarray:
-        self.cache.length = 0
+        self.reset()
         logits = None
         for start in range(0, len(prompt_ids), PREFILL_CHUNK):
             logits = self.forward(prompt_ids[start : start + PREFILL_CHUNK])
@@ -110,3 +79,52 @@ class Generator:
             if produced + 1 == max_new_tokens or self.cache.length >= self.capacity:
                 return
             logits = self.forward([token])
+
+    def reset(self) -> None:
+        """Forgets the current sequence."""
+        self.cache.length = 0
+
+
+class Generator(DecodeLoop):
+    """Runs one sequence at a time through a native decoder graph, its KV cache bound in place."""
+
+    def __init__(self, session: ort.InferenceSession, shape: ModelShape, capacity: int, device: str = "cpu") -> None:
+        self.session = session
+        self.cache = KVCache(shape.layers, shape.kv_heads, shape.head_dim, capacity, device)
+        self.logits = np.zeros((1, 1, shape.vocab_size), dtype=np.float32)
+        self.binding = session.io_binding()
+        self.cache.bind(self.binding)
+        self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
+        self._one = np.array([1], dtype=np.int64)
+
+    def _run(self, binding: ort.IOBinding, token_ids: list[int], logits_to_keep: np.ndarray) -> None:
+        """Appends tokens to the cache through `binding`, whose logits output is already bound."""
+        length = self.cache.length + len(token_ids)
+        if length > self.capacity:
+            raise ValueError(f"sequence of {length} tokens exceeds the cache capacity of {self.capacity}")
+        binding.bind_cpu_input("input_ids", np.array([token_ids], dtype=np.int64))
+        binding.bind_cpu_input("seqlens_k", np.array([length - 1], dtype=np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(length, dtype=np.int32))
+        binding.bind_cpu_input("num_logits_to_keep", logits_to_keep)
+        self.session.run_with_iobinding(binding)
+        self.cache.length = length
+
+    def forward(self, token_ids: list[int]) -> np.ndarray:
+        """Appends tokens to the cache and returns the logits after the last one (a view, reused)."""
+        self._run(self.binding, token_ids, self._one)
+        return self.logits[0, -1]
+
+    def prompt_logits(self, token_ids: list[int]) -> np.ndarray:
+        """Logits after every position of a new sequence, (tokens, vocab): what scoring a text
+        needs (perplexity, prompt log-probabilities). Chunked like a prefill."""
+        self.reset()
+        chunks = []
+        for start in range(0, len(token_ids), PREFILL_CHUNK):
+            chunk = token_ids[start : start + PREFILL_CHUNK]
+            logits = np.empty((1, len(chunk), self.logits.shape[-1]), dtype=np.float32)
+            binding = self.session.io_binding()
+            self.cache.bind(binding)
+            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+            self._run(binding, chunk, np.array([len(chunk)], dtype=np.int64))
+            chunks.append(logits[0])
+        return np.concatenate(chunks)

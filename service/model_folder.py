@@ -34,6 +34,11 @@ class ModelFolder:
         return self.manifest["config"]
 
     @property
+    def graph_interface(self) -> str:
+        """"native" (this converter's graph, static in-place KV cache) or "optimum" (growing past)."""
+        return self.manifest.get("graph", "native")
+
+    @property
     def context_length(self) -> int:
         return int(self.manifest["context_length"])
 

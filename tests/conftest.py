@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from converter.cache import cached_conversion
-from converter.convert import convert
+from converter.convert import ConversionOptions, convert
 from service.settings import embedded_default_model
 from tests.real_models import gemma3_gguf
 from tests.support import REPO, ServiceProcess
@@ -29,7 +29,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("converted") / "tiny-llama"
-    return convert(tiny_checkpoint, out, quant="fp32", activation_precision="fp32")
+    return convert(tiny_checkpoint, out, ConversionOptions(quant="fp32"))
 
 
 @pytest.fixture(scope="session")

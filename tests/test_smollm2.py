@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from converter.convert import convert
+from converter.convert import ConversionOptions, convert
 from service.generator import Generator, ModelShape
 from service.model_folder import ModelFolder
 from service.runtime import choose_placement, create_session
@@ -54,7 +54,7 @@ def prompt_logits(folder: ModelFolder, ids: list[int]) -> np.ndarray:
 
 
 def test_int8_activations_stay_within_a_few_percent_perplexity(smollm2_gguf, reference_model, tmp_path):
-    folder = ModelFolder.load(convert(smollm2_gguf, tmp_path / "int8", activation_precision="int8"))
+    folder = ModelFolder.load(convert(smollm2_gguf, tmp_path / "int8", ConversionOptions(activations="int8")))
     ids = folder.encode(PARITY_TEXT)
     with torch.no_grad():
         reference = reference_model(torch.tensor([ids])).logits[0].numpy()

@@ -82,6 +82,13 @@ def _model(architecture: str, vocab_size: int, tie_word_embeddings: bool):
             attn_logit_softcapping=None,
         )
         return transformers.Gemma3ForCausalLM(config)
+    if architecture == "gpt2":  # no native builder: the optimum backend's test subject
+        return transformers.GPT2LMHeadModel(
+            transformers.GPT2Config(
+                vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=2,
+                tie_word_embeddings=tie_word_embeddings,
+            )
+        )
     raise ValueError(architecture)
 
 
