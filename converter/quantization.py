@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 from gguf import GGMLQuantizationType
 
 from converter.gguf_blocks import BLOCK_SIZE, quantize_dense
@@ -66,16 +67,22 @@ def split_8bit_weights(weights: DecoderWeights) -> DecoderWeights:
 
 
 def describe(weight: LinearWeight) -> dict:
-    """What a tensor became, for the manifest."""
+    """What a tensor became, for the manifest: bits, block size, zero points, minimums, split."""
     if isinstance(weight, NibbleSplitWeight):
-        return {"source": weight.source_type, "stored": "int8 blocks of 32 as two exact int4 halves, uint8 zero points"}
+        zero_points = 16 * weight.high.zero_points + weight.low.zero_points  # the 8-bit ones, as split
+        stored = _describe_blocks(8, weight.low.block_size, zero_points, weight.low.minimums)
+        return {"source": weight.source_type, "stored": f"{stored}, as two exact int4 halves"}
     if isinstance(weight, BlockQuantizedWeight):
-        offsets = ", float block minimums" if weight.minimums is not None else ""
-        return {
-            "source": weight.source_type,
-            "stored": f"int{weight.bits} blocks of {weight.block_size}, uint8 zero points{offsets}",
-        }
+        stored = _describe_blocks(weight.bits, weight.block_size, weight.zero_points, weight.minimums)
+        return {"source": weight.source_type, "stored": stored}
     return {"source": weight.source_type, "stored": "float32"}
+
+
+def _describe_blocks(bits: int, block_size: int, zero_points: np.ndarray, minimums: np.ndarray | None) -> str:
+    first = int(zero_points.flat[0])
+    zero_point = f"zero point {first}" if np.all(zero_points == first) else "uint8 zero points per block"
+    offsets = ", float block minimums" if minimums is not None else ""
+    return f"int{bits} blocks of {block_size}, {zero_point}{offsets}"
 
 
 def quantization_table(weights: DecoderWeights) -> dict[str, dict]:

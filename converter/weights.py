@@ -32,9 +32,12 @@ class BlockQuantizedWeight:
     """Blocks in MatMulNBits' layout: weight = (q - zero_point) * scale [+ minimum].
 
     `packed` is uint8 (out_features, blocks, block_size * bits / 8); `scales` float32 and
-    `zero_points` uint8, both (out_features, blocks). Formats with a float offset per block (Q4_1:
-    d * q + m) keep it in `minimums`: ORT's fast kernels take only integer zero points, so the graph
-    adds the offset as a small separate product (block sums of the input times the minimums).
+    `zero_points` uint8, both (out_features, blocks). Blocks hold 32 values, or 16 for the K-quants
+    whose sub-blocks are 16 long; levels may use fewer bits than they are stored in (Q5_0's 0..31
+    in 8-bit blocks). Scales may be negative (Q6_K, Q3_K). Formats with a float offset per block
+    (Q4_1: d * q + m) keep it in `minimums`: ORT's fast kernels take only integer zero points, so
+    the graph adds the offset as a small separate product (block sums of the input times the
+    minimums).
     """
 
     packed: np.ndarray
@@ -82,7 +85,8 @@ class NibbleSplitWeight:
 
     ORT's fast kernels for 8-bit weights quantize activations to int8, which the outlier channels
     of a final hidden state do not survive; its 4-bit kernels keep activations float32. The
-    split costs no extra storage (two nibbles per level instead of one byte).
+    split costs no extra storage (two nibbles per level instead of one byte). Both halves keep
+    the block size; block minimums go to the low half only, so they are added once.
     """
 
     high: BlockQuantizedWeight
@@ -91,16 +95,22 @@ class NibbleSplitWeight:
 
     @classmethod
     def of(cls, weight: BlockQuantizedWeight) -> NibbleSplitWeight:
+        if weight.bits != 8:
+            raise ValueError(f"only 8-bit block weights split into nibbles, not {weight.bits}-bit ones")
         levels = weight.packed
         zero_points = weight.zero_points
 
-        def half(nibbles: np.ndarray, zero: np.ndarray, scales: np.ndarray) -> BlockQuantizedWeight:
+        def half(
+            nibbles: np.ndarray, zero: np.ndarray, scales: np.ndarray, minimums: np.ndarray | None
+        ) -> BlockQuantizedWeight:
             packed = (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).astype(np.uint8)
-            return BlockQuantizedWeight(packed, scales, zero.astype(np.uint8), 4, weight.block_size, weight.in_features, weight.source_type)
+            return BlockQuantizedWeight(
+                packed, scales, zero.astype(np.uint8), 4, weight.block_size, weight.in_features, weight.source_type, minimums
+            )
 
         return cls(
-            high=half(levels >> 4, zero_points >> 4, (weight.scales * 16).astype(np.float32)),
-            low=half(levels & 0x0F, zero_points & 0x0F, weight.scales),
+            high=half(levels >> 4, zero_points >> 4, (weight.scales * 16).astype(np.float32), None),
+            low=half(levels & 0x0F, zero_points & 0x0F, weight.scales, weight.minimums),
             source_type=weight.source_type,
         )
 
