@@ -11,7 +11,7 @@ from converter.convert import BACKENDS, ConversionOptions, convert
 from converter.errors import ConversionError
 from converter.progress import ConsoleProgress
 from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS
-from converter.quantization import QUANT_MODES
+from converter.quantization import OWN_INT4, QUANT_MODES
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,14 +41,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         choices=BLOCK_SIZES,
         default=32,
-        help="block size when float weights are quantized to int4/int8 by onnxruntime.quantization (default: 32)",
+        help="block size for the rtn, k_quant and hqq algorithms and optimum's int8 (default: 32)",
     )
     parser.add_argument(
         "--algorithm",
-        choices=INT4_ALGORITHMS,
-        default="rtn",
-        help="int4 algorithm: rtn = round to nearest per block; k_quant = ORT's scale search; "
-        "hqq = half-quadratic (needs torch; float zero points, slower on CPU) (default: rtn)",
+        choices=(OWN_INT4, *INT4_ALGORITHMS),
+        default=None,
+        help="int4 algorithm: q4_1 = the converter's own blocks of 32 with float minimums, lossless on "
+        "Q4_0/Q4_1 sources (native default); rtn = onnxruntime.quantization's round to nearest per block "
+        "(optimum default); k_quant = its scale search; hqq = half-quadratic optimization (needs torch)",
     )
     parser.add_argument(
         "--backend",

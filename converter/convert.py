@@ -18,9 +18,16 @@ from converter.errors import ConversionError
 from converter.gguf_source import GGUF_MAGIC, read_gguf
 from converter.hf_source import read_checkpoint_texts, read_huggingface
 from converter.model_config import SourceModel
-from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS
+from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS, quantize_matmuls
 from converter.progress import Progress
-from converter.quantization import QUANT_MODES, apply_quantization, quantization_table, split_8bit_weights
+from converter.quantization import (
+    OWN_INT4,
+    QUANT_MODES,
+    apply_quantization,
+    int4_matmul_names,
+    quantization_table,
+    split_8bit_weights,
+)
 
 MANIFEST_FORMAT = 1
 NATIVE_INTERFACE = "native"
@@ -71,9 +78,16 @@ class ConversionOptions:
 
     quant: str = "keep"  # QUANT_MODES
     activations: str = "fp32"  # ACCURACY_LEVELS: how quantized matmuls treat activations
-    block_size: int = 32  # int4/int8 from float weights through onnxruntime.quantization
-    algorithm: str = "rtn"  # INT4_ALGORITHMS
+    block_size: int = 32  # for the onnxruntime.quantization algorithms
+    # int4: "q4_1" (the converter's own blocks of 32 with float minimums; lossless on Q4_0/Q4_1
+    # sources) or one of onnxruntime.quantization's INT4_ALGORITHMS. None: q4_1 for the native
+    # backend, rtn for optimum (which only has ORT's).
+    algorithm: str | None = None
     backend: str = "native"  # BACKENDS
+
+    @property
+    def int4_algorithm(self) -> str:
+        return self.algorithm or ("rtn" if self.backend == "optimum" else OWN_INT4)
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -84,14 +98,17 @@ class ConversionOptions:
             raise ConversionError(f"--quant {self.quant!r} is not one of {', '.join(QUANT_MODES)}")
         if self.block_size not in BLOCK_SIZES:
             raise ConversionError(f"block size {self.block_size} is not one of {', '.join(map(str, BLOCK_SIZES))}")
-        if self.algorithm not in INT4_ALGORITHMS:
-            raise ConversionError(f"algorithm {self.algorithm!r} is not one of {', '.join(INT4_ALGORITHMS)}")
+        choices = INT4_ALGORITHMS if self.backend == "optimum" else (OWN_INT4, *INT4_ALGORITHMS)
+        if self.int4_algorithm not in choices:
+            raise ConversionError(f"algorithm {self.int4_algorithm!r} is not one of {', '.join(choices)} for this backend")
+        if self.int4_algorithm == OWN_INT4 and self.block_size != 32:
+            raise ConversionError("the q4_1 algorithm uses blocks of 32; pick rtn, k_quant or hqq for other block sizes")
 
     def label(self) -> str:
         """A short name for cache folders: only the options that matter for this mode."""
         parts = [self.quant, self.activations]
         if self.quant == "int4":
-            parts += [f"b{self.block_size}", self.algorithm]
+            parts += [f"b{self.block_size}", self.int4_algorithm]
         if self.backend != "native":
             parts.append(self.backend)
         return "-".join(parts)
@@ -177,15 +194,25 @@ def convert(
 
 
 def _build_native(model: SourceModel, options: ConversionOptions, progress: Progress) -> BuiltGraph:
-    weights = apply_quantization(model.weights, options.quant)
+    onnx_int4 = options.quant == "int4" and options.int4_algorithm != OWN_INT4
+    weights = apply_quantization(model.weights, options.quant, onnx_int4)
     if options.activations == "fp32":
         weights = split_8bit_weights(weights)
     progress.stage(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
-    graph = build_decoder(model.config, weights, ACCURACY_LEVELS[options.activations], progress)
+    accuracy = ACCURACY_LEVELS[options.activations]
+    graph = build_decoder(model.config, weights, accuracy, progress)
+    table = quantization_table(weights)
+    if onnx_int4:
+        algorithm = options.int4_algorithm
+        progress.stage(f"quantizing the layers to int4 ({algorithm}, blocks of {options.block_size})")
+        names = int4_matmul_names(weights)
+        graph = quantize_matmuls(graph, names, 4, options.block_size, algorithm, accuracy[4])
+        stored = f"int4 blocks of {options.block_size} ({algorithm}, onnxruntime.quantization)"
+        table.update({name: {**table[name], "stored": stored} for name in names})
     return BuiltGraph(
         model=graph,
         interface=NATIVE_INTERFACE,
-        quantization={"mode": options.quant, "activation_precision": options.activations, "tensors": quantization_table(weights)},
+        quantization={"mode": options.quant, "activation_precision": options.activations, "tensors": table},
         architecture=model.config.architecture,
         context_length=model.config.max_position_embeddings,
         config=model.config.to_json(),
@@ -199,7 +226,7 @@ def _build_with_optimum(source: Path, options: ConversionOptions, progress: Prog
     exported = optimum_backend.export(source, progress)
     progress.stage(f"quantizing ({options.quant})")
     graph, quantization = optimum_backend.quantize(
-        exported, options.quant, options.block_size, options.algorithm, ACCURACY_LEVELS[options.activations][4]
+        exported, options.quant, options.block_size, options.int4_algorithm, ACCURACY_LEVELS[options.activations][4]
     )
     config = texts.config
     context = config.get("max_position_embeddings") or config.get("n_positions") or config.get("max_sequence_length") or 2048

@@ -66,6 +66,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _config(raw: dict) -> DecoderConfig:
+    def need(key: str):
+        if key not in raw:
+            raise ConversionError(f"config.json has no {key}")
+        return raw[key]
+
     model_type = raw.get("model_type")
     architecture = _MODEL_TYPES.get(model_type)
     if architecture is None:
@@ -81,15 +86,15 @@ def _config(raw: dict) -> DecoderConfig:
     activation = raw.get("hidden_activation") or raw.get("hidden_act", "silu")
     if activation not in _ACTIVATIONS:
         raise ConversionError(f"hidden activation {activation!r} is not supported (supported: {', '.join(_ACTIVATIONS)})")
-    heads = raw["num_attention_heads"]
-    head_dim = raw.get("head_dim") or raw["hidden_size"] // heads
+    heads = need("num_attention_heads")
+    head_dim = raw.get("head_dim") or need("hidden_size") // heads
     gemma = architecture == "gemma3"
     return DecoderConfig(
         architecture=architecture,
-        vocab_size=raw["vocab_size"],
-        hidden_size=raw["hidden_size"],
-        intermediate_size=raw["intermediate_size"],
-        num_hidden_layers=raw["num_hidden_layers"],
+        vocab_size=need("vocab_size"),
+        hidden_size=need("hidden_size"),
+        intermediate_size=need("intermediate_size"),
+        num_hidden_layers=need("num_hidden_layers"),
         num_attention_heads=heads,
         num_key_value_heads=raw.get("num_key_value_heads") or heads,
         head_dim=head_dim,
@@ -99,13 +104,13 @@ def _config(raw: dict) -> DecoderConfig:
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", gemma)),
         rope_interleaved=False,
         hidden_activation=_ACTIVATIONS[activation],
-        attention_scale=float(raw["query_pre_attn_scalar"]) ** -0.5 if gemma else None,
+        attention_scale=float(raw.get("query_pre_attn_scalar", 256)) ** -0.5 if gemma else None,  # HF default
         attention_softcap=float(raw.get("attn_logit_softcapping") or 0.0),
         final_logit_softcap=float(raw.get("final_logit_softcapping") or 0.0),
-        embedding_scale=float(raw["hidden_size"]) ** 0.5 if gemma else 1.0,
+        embedding_scale=float(need("hidden_size")) ** 0.5 if gemma else 1.0,
         rope_scaling_factor=float(rope_scaling.get("factor", 1.0)) if scaling_type == "linear" else 1.0,
         layer_types=(
-            tuple(raw.get("layer_types") or every_nth_layer_full(raw["num_hidden_layers"], raw.get("sliding_window_pattern", 6)))
+            tuple(raw.get("layer_types") or every_nth_layer_full(need("num_hidden_layers"), raw.get("sliding_window_pattern", 6)))
             if gemma
             else ()
         ),

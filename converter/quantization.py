@@ -12,6 +12,7 @@ from converter.model_config import DecoderWeights
 from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight
 
 QUANT_MODES = ("keep", "fp32", "int8", "int4")
+OWN_INT4 = "q4_1"  # the converter's own int4: gguf-py's Q4_1 blocks, re-packed
 _LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -23,19 +24,21 @@ def _as(weight: LinearWeight, target: GGMLQuantizationType | None) -> LinearWeig
     return replace(quantize_dense(weight.dequantize(), target), source_type=weight.source_type)
 
 
-def apply_quantization(weights: DecoderWeights, mode: str) -> DecoderWeights:
+def apply_quantization(weights: DecoderWeights, mode: str, onnx_int4: bool = False) -> DecoderWeights:
     """`keep` leaves GGUF blocks as they are (re-packed, not re-quantized) and floats as floats.
 
-    `int4` uses 4-bit blocks with a float minimum (Q4_1) for the layers' matrices and 8-bit blocks
-    for the embedding table and head, whose errors reach every token; `int8` uses 8-bit blocks
-    everywhere; `fp32` dequantizes everything.
+    `int4` stores the layers' matrices as 4-bit blocks of 32 with a float minimum (Q4_1, which
+    re-quantizes Q4_0/Q4_1 sources without loss), or with `onnx_int4` leaves them as floats for
+    onnxruntime.quantization to quantize in the built graph (see `int4_matmul_names`); the
+    embedding table and head get 8-bit blocks, since their errors reach every token. `int8` uses
+    8-bit blocks everywhere; `fp32` dequantizes everything.
     """
     if mode == "keep":
         return weights
     linear_target, table_target = {
         "fp32": (None, None),
         "int8": (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q8_0),
-        "int4": (GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0),
+        "int4": (None if onnx_int4 else GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0),
     }[mode]
     layers = [
         replace(layer, **{name: _as(getattr(layer, name), linear_target) for name in _LINEAR_NAMES})
@@ -47,6 +50,15 @@ def apply_quantization(weights: DecoderWeights, mode: str) -> DecoderWeights:
         norm=weights.norm,
         lm_head=None if weights.lm_head is None else _as(weights.lm_head, table_target),
     )
+
+
+def int4_matmul_names(weights: DecoderWeights) -> list[str]:
+    """The graph nodes `--quant int4` hands to onnxruntime.quantization: every layer matrix."""
+    return [f"model.layers.{index}.{_group(name)}.{name}" for index in range(len(weights.layers)) for name in _LINEAR_NAMES]
+
+
+def _group(name: str) -> str:
+    return "self_attn" if name in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
 
 
 def split_8bit_weights(weights: DecoderWeights) -> DecoderWeights:
@@ -89,8 +101,7 @@ def quantization_table(weights: DecoderWeights) -> dict[str, dict]:
     table = {"model.embed_tokens": describe(weights.embed_tokens)}
     for index, layer in enumerate(weights.layers):
         for name in _LINEAR_NAMES:
-            group = "self_attn" if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
-            table[f"model.layers.{index}.{group}.{name}"] = describe(getattr(layer, name))
+            table[f"model.layers.{index}.{_group(name)}.{name}"] = describe(getattr(layer, name))
     table["lm_head"] = {"tied_to": "model.embed_tokens"} if weights.lm_head is None else describe(weights.lm_head)
     return table
 

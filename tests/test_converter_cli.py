@@ -64,3 +64,33 @@ def test_the_same_source_converts_to_the_same_bytes(tiny_checkpoint, tmp_path):
     assert first.returncode == second.returncode == 0
     for name in ("model.onnx", "tokenizer.json", "generation.json", "manifest.json", "chat_template.jinja"):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+
+
+def test_q4_1_refuses_a_block_size_it_cannot_write(tiny_checkpoint, tmp_path):
+    result = run_converter(tiny_checkpoint, "--out", tmp_path / "out", "--quant", "int4", "--block-size", "64")
+    assert result.returncode == 2 and "q4_1 algorithm uses blocks of 32" in result.stderr
+
+
+def test_the_optimum_backend_refuses_the_converters_own_int4(tiny_checkpoint, tmp_path):
+    result = run_converter(
+        tiny_checkpoint, "--out", tmp_path / "out", "--backend", "optimum", "--quant", "int4", "--algorithm", "q4_1"
+    )
+    assert result.returncode == 2 and "not one of rtn, k_quant, hqq" in result.stderr
+
+
+def test_a_config_without_a_required_key_names_it(tmp_path):
+    checkpoint = tmp_path / "gemma"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model_type": "gemma3_text", "num_attention_heads": 4, "hidden_size": 64}')
+    (checkpoint / "tokenizer.json").write_text("{}")
+    result = run_converter(checkpoint, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "config.json has no vocab_size" in result.stderr
+
+
+def test_an_unsupported_rope_scaling_is_named(tmp_path):
+    checkpoint = tmp_path / "llama"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4}}')
+    (checkpoint / "tokenizer.json").write_text("{}")
+    result = run_converter(checkpoint, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "rope_scaling" in result.stderr and "yarn" in result.stderr
