@@ -38,6 +38,7 @@ MODES = {
     "int4 (q4_1)": ConversionOptions(quant="int4"),
     "int4 (hqq, blocks of 32)": ConversionOptions(quant="int4", algorithm="hqq"),
     "int4 (rtn, blocks of 32)": ConversionOptions(quant="int4", algorithm="rtn"),
+    "fp16": ConversionOptions(quant="fp16"),
     "fp32": ConversionOptions(quant="fp32"),
 }
 

@@ -26,8 +26,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--quant",
         choices=QUANT_MODES,
         default="keep",
-        help="weight storage: keep = GGUF blocks re-packed without loss (floats stay float32); "
-        "fp32; int8 = 8-bit blocks of 32; int4 = 4-bit blocks of 32 with 8-bit embeddings (default: keep)",
+        help="weight storage: keep = GGUF blocks re-packed without loss (floats stay float32); fp32; "
+        "fp16 = float16 matrices (half of fp32 on disk, computed in float32); int8 = 8-bit blocks of 32; "
+        "int4 = 4-bit layer matrices (see --algorithm) with 8-bit embeddings and head (default: keep)",
     )
     parser.add_argument(
         "--activations",

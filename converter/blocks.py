@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from converter.graph_builder import MICROSOFT, GraphBuilder
+from converter.graph_builder import FLOAT, MICROSOFT, GraphBuilder
 from converter.model_config import DecoderConfig, LayerWeights
 from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight
 
@@ -46,7 +46,8 @@ def linear(
         low = linear(builder, x, weight.low, f"{name}.low", accuracy, f"{weight_name}.low")
         return builder.op1("Add", [high, low], name)
     if isinstance(weight, DenseWeight):
-        transposed = builder.constant(f"{weight_name}.weight_t", weight.values.T.astype(np.float32))
+        stored = builder.constant(f"{weight_name}.weight_t", np.ascontiguousarray(weight.values.T))
+        transposed = _as_float32(builder, stored, weight.values.dtype)
         return builder.op1("MatMul", [x, transposed], name)
     out_features, in_features = weight.shape
     product = builder.op1(
@@ -72,6 +73,14 @@ def linear(
     return builder.op1("Add", [product, offsets], f"{name}/plus_minimums")
 
 
+def _as_float32(builder: GraphBuilder, value: str, dtype: np.dtype) -> str:
+    """float16 weights widen here: a constant's Cast is folded once when ONNX Runtime loads the
+    graph, a gathered row's at each lookup (so the table stays half size in memory)."""
+    if dtype == np.float32:
+        return value
+    return builder.op1("Cast", [value], f"{value}/float32", to=FLOAT)
+
+
 def _block_sums(builder: GraphBuilder, x: str, block_size: int) -> str:
     """Sums of x over each block of inputs, (batch, sequence, blocks); shared by every reader of x."""
     key = ("block_sums", x, block_size)
@@ -86,8 +95,8 @@ def _block_sums(builder: GraphBuilder, x: str, block_size: int) -> str:
 def embedding(builder: GraphBuilder, input_ids: str, weight: LinearWeight, name: str) -> str:
     """Looks up token rows; quantized tables stay quantized and share storage with a tied head."""
     if isinstance(weight, DenseWeight):
-        table = builder.constant(f"{name}.table", weight.values.astype(np.float32))
-        return builder.op1("Gather", [table, input_ids], name)
+        table = builder.constant(f"{name}.table", weight.values)
+        return _as_float32(builder, builder.op1("Gather", [table, input_ids], name), weight.values.dtype)
     if isinstance(weight, NibbleSplitWeight):
         high = _gather_blocks(builder, input_ids, weight.high, f"{name}.high")
         low = _gather_blocks(builder, input_ids, weight.low, f"{name}.low")

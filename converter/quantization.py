@@ -11,14 +11,18 @@ from converter.gguf_blocks import BLOCK_SIZE, quantize_dense
 from converter.model_config import DecoderWeights
 from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight
 
-QUANT_MODES = ("keep", "fp32", "int8", "int4")
+QUANT_MODES = ("keep", "fp32", "fp16", "int8", "int4")
 OWN_INT4 = "q4_1"  # the converter's own int4: gguf-py's Q4_1 blocks, re-packed
 _LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _as(weight: LinearWeight, target: GGMLQuantizationType | None) -> LinearWeight:
+def _as(weight: LinearWeight, target: GGMLQuantizationType | str | None) -> LinearWeight:
+    if target == "F16":
+        return DenseWeight(_as(weight, None).values.astype(np.float16), weight.source_type)
     if target is None:
-        return weight if isinstance(weight, DenseWeight) else DenseWeight(weight.dequantize(), weight.source_type)
+        if isinstance(weight, DenseWeight):
+            return weight if weight.values.dtype == np.float32 else DenseWeight(weight.values.astype(np.float32), weight.source_type)
+        return DenseWeight(weight.dequantize(), weight.source_type)
     if weight.shape[1] % BLOCK_SIZE != 0:
         return _as(weight, None)
     return replace(quantize_dense(weight.dequantize(), target), source_type=weight.source_type)
@@ -31,12 +35,14 @@ def apply_quantization(weights: DecoderWeights, mode: str, onnx_int4: bool = Fal
     re-quantizes Q4_0/Q4_1 sources without loss), or with `onnx_int4` leaves them as floats for
     onnxruntime.quantization to quantize in the built graph (see `int4_matmul_names`); the
     embedding table and head get 8-bit blocks, since their errors reach every token. `int8` uses
-    8-bit blocks everywhere; `fp32` dequantizes everything.
+    8-bit blocks everywhere; `fp32` dequantizes everything; `fp16` stores every matrix as float16
+    (half of fp32's folder; computed in float32).
     """
     if mode == "keep":
         return weights
     linear_target, table_target = {
         "fp32": (None, None),
+        "fp16": ("F16", "F16"),
         "int8": (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q8_0),
         "int4": (None if onnx_int4 else GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0),
     }[mode]
@@ -87,6 +93,8 @@ def describe(weight: LinearWeight) -> dict:
     if isinstance(weight, BlockQuantizedWeight):
         stored = _describe_blocks(weight.bits, weight.block_size, weight.zero_points, weight.minimums)
         return {"source": weight.source_type, "stored": stored}
+    if weight.values.dtype == np.float16:
+        return {"source": weight.source_type, "stored": "float16, widened to float32 in the graph"}
     return {"source": weight.source_type, "stored": "float32"}
 
 

@@ -14,7 +14,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class DenseWeight:
-    """A float32 matrix (out_features, in_features)."""
+    """A float matrix (out_features, in_features): float32, or float16 to halve the folder
+    (`--quant fp16`; widened to float32 inside the graph)."""
 
     values: np.ndarray
     source_type: str = "F32"

@@ -58,10 +58,12 @@ def reference_perplexity(smollm2_gguf, reference_model, smollm2_model_dir):
         (ConversionOptions(quant="int4"), 0.005),
         # HQQ re-fits each block; measured 0.07% here.
         (ConversionOptions(quant="int4", algorithm="hqq"), 0.01),
+        # Q4_1 levels times float16 scales are nearly exact in float16.
+        (ConversionOptions(quant="fp16"), 0.005),
     ],
-    ids=["q4_1", "hqq"],
+    ids=["int4-q4_1", "int4-hqq", "fp16"],
 )
-def test_int4_algorithms_keep_perplexity(smollm2_gguf, reference_perplexity, tmp_path, options, bound):
+def test_lossy_modes_keep_perplexity(smollm2_gguf, reference_perplexity, tmp_path, options, bound):
     folder = ModelFolder.load(convert(smollm2_gguf, tmp_path / "int4", options))
     ids = folder.encode(PARITY_TEXT)
 
