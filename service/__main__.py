@@ -45,6 +45,24 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"KV cache tokens per sequence: the longest prompt plus completion (default {defaults.max_context})",
     )
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults.max_batch,
+        help=f"sequences decoded together per model (continuous batching) (default {defaults.max_batch})",
+    )
+    parser.add_argument(
+        "--max-waiting",
+        type=int,
+        default=defaults.max_waiting,
+        help=f"requests that may queue for a slot; more get 429 (default {defaults.max_waiting})",
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=defaults.queue_timeout,
+        help=f"seconds a request may wait for a slot before a 503 (default {defaults.queue_timeout:g})",
+    )
+    parser.add_argument(
         "--cors-origin", action="append", default=[], help="a browser origin allowed to call the API (repeatable); "
         "loopback origins are always allowed",
     )
@@ -63,6 +81,9 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
         device=arguments.device,
         threads=arguments.threads,
         max_context=arguments.max_context,
+        max_batch=arguments.max_batch,
+        max_waiting=arguments.max_waiting,
+        queue_timeout=arguments.queue_timeout,
         cors_origins=tuple(arguments.cors_origin),
     )
 

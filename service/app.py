@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from service.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
 from service.registry import ModelRegistry
-from service.routes import chat, health, models
+from service.routes import chat, completions, health, models
 from service.settings import Settings
 
 
@@ -32,6 +32,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
+        Route("/v1/completions", completions.create_completion, methods=["POST"]),
     ]
     middleware = [
         Middleware(

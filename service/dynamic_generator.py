@@ -8,21 +8,10 @@ the native graph's in-place cache, each step allocates its presents.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnxruntime as ort
 
 from service.generator import PREFILL_CHUNK, DecodeLoop
-
-
-@dataclass
-class GrowingCache:
-    """The past of one sequence: an ORT value per graph input, and how many tokens it holds."""
-
-    capacity: int
-    values: dict[str, ort.OrtValue]
-    length: int = 0
 
 
 class DynamicCacheGenerator(DecodeLoop):
@@ -36,19 +25,20 @@ class DynamicCacheGenerator(DecodeLoop):
         if not self.past_inputs or "logits" not in {value.name for value in session.get_outputs()}:
             raise ValueError("the graph has no past_key_values inputs or no logits output: not an optimum decoder export")
         self.vocab_size = session.get_outputs()[0].shape[-1]
-        self.cache = GrowingCache(capacity, {})
+        self.capacity = capacity
+        self.past: dict[str, ort.OrtValue] = {}  # an ORT value per past input, `length` tokens long
         self.reset()
 
     def reset(self) -> None:
-        self.cache.length = 0
-        self.cache.values = {
+        self.length = 0
+        self.past = {
             name: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32), self.device, 0)
             for name, shape in self.past_inputs.items()
         }
 
     def _run(self, token_ids: list[int]) -> ort.OrtValue:
         """Runs the tokens after the cached ones; returns their logits (1, tokens, vocab)."""
-        length = self.cache.length + len(token_ids)
+        length = self.length + len(token_ids)
         if length > self.capacity:
             raise ValueError(f"sequence of {length} tokens exceeds the cache capacity of {self.capacity}")
         binding = self.session.io_binding()
@@ -56,8 +46,8 @@ class DynamicCacheGenerator(DecodeLoop):
         if "attention_mask" in self.input_names:
             binding.bind_cpu_input("attention_mask", np.ones((1, length), dtype=np.int64))
         if "position_ids" in self.input_names:
-            binding.bind_cpu_input("position_ids", np.arange(self.cache.length, length, dtype=np.int64)[None])
-        for name, value in self.cache.values.items():
+            binding.bind_cpu_input("position_ids", np.arange(self.length, length, dtype=np.int64)[None])
+        for name, value in self.past.items():
             binding.bind_ortvalue_input(name, value)
         present_names = [name.replace("past_key_values.", "present.") for name in self.past_inputs]
         binding.bind_output("logits", "cpu")
@@ -65,15 +55,17 @@ class DynamicCacheGenerator(DecodeLoop):
             binding.bind_output(name, self.device)
         self.session.run_with_iobinding(binding)
         logits, *presents = binding.get_outputs()
-        self.cache.values = dict(zip(self.past_inputs, presents, strict=True))
-        self.cache.length = length
+        self.past = dict(zip(self.past_inputs, presents, strict=True))
+        self.length = length
         return logits
 
     def forward(self, token_ids: list[int]) -> np.ndarray:
         return self._run(token_ids).numpy()[0, -1]
 
+    def extend(self, token_ids: list[int]) -> np.ndarray:
+        """Appends tokens; returns the logits after each of them, (tokens, vocab)."""
+        return self._run(token_ids).numpy()[0]
+
     def prompt_logits(self, token_ids: list[int]) -> np.ndarray:
         self.reset()
-        return np.concatenate(
-            [self._run(token_ids[start : start + PREFILL_CHUNK]).numpy()[0] for start in range(0, len(token_ids), PREFILL_CHUNK)]
-        )
+        return np.concatenate([self.extend(token_ids[start : start + PREFILL_CHUNK]) for start in range(0, len(token_ids), PREFILL_CHUNK)])

@@ -1,147 +1,306 @@
-"""Runs generation requests for one model on a worker thread and streams events to asyncio.
+"""Runs one model's generation requests with continuous batching on a worker thread.
 
-ONNX Runtime releases the GIL while it computes, so the event loop keeps serving other clients
-while a request decodes. Requests run one after another in arrival order.
+The worker repeats one step: admit waiting requests into free sequence slots (reusing a cached
+prefix when an idle slot holds one), run one prompt chunk for one new sequence, then one decode
+step for every sequence that is generating. New requests therefore join the running batch at
+step boundaries, a long prompt delays running streams by one chunk at most, and a cancelled
+request leaves its slot at the next step. ONNX Runtime releases the GIL while it computes, so
+the event loop keeps serving clients meanwhile.
+
+Requests wait in a bounded queue: a full queue refuses new ones at once (EngineBusy), and one
+that gets no slot within `queue_timeout` seconds fails with code "queue_timeout".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import numpy as np
+
+from service.batch_runner import BatchRunner, SerialRunner
 from service.detokenizer import Detokenizer
 from service.dynamic_generator import DynamicCacheGenerator
 from service.generator import DecodeLoop, Generator, ModelShape
 from service.model_folder import ModelFolder
 from service.runtime import Placement, create_session
-from service.sampler import Sampler, SamplingParams
+from service.sequence import (
+    DECODING,
+    DONE,
+    PREFILLING,
+    Admitted,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    PromptScores,
+    Sequence,
+    TextDelta,
+    prompt_scores,
+)
+
+__all__ = ["Admitted", "Engine", "EngineBusy", "Event", "Failed", "Finished", "GenerationRequest", "PromptScores", "TextDelta"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    prompt_ids: list[int]
-    max_new_tokens: int
-    sampling: SamplingParams
+# Prompt tokens per graph run: whole chunks while nothing else runs, smaller ones while other
+# sequences are decoding, so their next token is never more than one small chunk away.
+PREFILL_CHUNK = 512
+INTERLEAVED_PREFILL_CHUNK = 128
 
 
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-    token_id: int
-
-
-@dataclass(frozen=True)
-class Finished:
-    finish_reason: str  # "stop", "length" or "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-
-
-Event = TextDelta | Finished | Failed
-
-
-@dataclass
-class _Job:
-    request: GenerationRequest
-    emit: Callable[[Event], None]
-    cancelled: threading.Event
+class EngineBusy(Exception):
+    """The waiting queue is full."""
 
 
 def decode_loop_for(folder: ModelFolder, session, capacity: int, device: str) -> DecodeLoop:
-    """The decode loop that fits the folder's graph interface."""
+    """The single-sequence decode loop that fits the folder's graph interface."""
     if folder.graph_interface == "optimum":
         return DynamicCacheGenerator(session, capacity, device)
     return Generator(session, ModelShape.from_config(folder.config), capacity, device)
 
 
+@dataclass
+class EngineLimits:
+    slots: int = 8  # sequences decoded together
+    max_waiting: int = 64  # requests queued beyond the slots
+    queue_timeout: float = 60.0  # seconds a request may wait for a slot
+
+
+@dataclass
+class _Slot:
+    tokens: list[int]  # what its cache holds, for prefix reuse once it is idle
+    last_used: float = 0.0
+    sequence: Sequence | None = None
+
+
+class Ticket:
+    """A submitted request: its events as an async iterator; leaving it early cancels the request."""
+
+    def __init__(self, sequence: Sequence, events: asyncio.Queue[Event]) -> None:
+        self.sequence = sequence
+        self._events = events
+
+    async def next_event(self) -> Event:
+        return await self._events.get()
+
+    def cancel(self) -> None:
+        self.sequence.cancelled.set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        try:
+            while True:
+                event = await self._events.get()
+                yield event
+                if isinstance(event, (Finished, Failed)):
+                    return
+        finally:
+            self.cancel()
+
+
 class Engine:
-    def __init__(self, folder: ModelFolder, placement: Placement, capacity: int, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: ModelFolder,
+        placement: Placement,
+        capacity: int,
+        threads: int | None = None,
+        limits: EngineLimits = EngineLimits(),
+    ) -> None:
         self.folder = folder
         self.placement = placement
+        self.limits = limits
         session = create_session(folder.path / "model.onnx", placement, threads)
-        self.generator = decode_loop_for(folder, session, capacity, placement.device)
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        if folder.graph_interface == "optimum":
+            self.runner = SerialRunner(DynamicCacheGenerator(session, capacity, placement.device))
+        else:
+            shape = ModelShape.from_config(folder.config)
+            self.runner = BatchRunner(session, shape, capacity, limits.slots, placement.device)
+        self._slots = [_Slot([]) for _ in range(self.runner.slots)]
+        self._waiting: deque[Sequence] = deque()
+        self._condition = threading.Condition()
+        self._closing = False
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.prefix_hit_tokens = 0
         self._worker = threading.Thread(target=self._work, name=f"engine:{folder.model_id}", daemon=True)
         self._worker.start()
 
     @property
     def capacity(self) -> int:
-        return self.generator.capacity
+        return self.runner.capacity
+
+    @property
+    def running(self) -> int:
+        return sum(slot.sequence is not None for slot in self._slots)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, request: GenerationRequest) -> Ticket:
+        """Queues a request; raises EngineBusy when the queue is full. Call from the event loop."""
+        if not request.prompt_ids:
+            raise ValueError("the prompt is empty")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        sequence = Sequence(
+            request,
+            lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            Detokenizer(self.folder.tokenizer),
+            frozenset(self.folder.stop_token_ids),
+        )
+        with self._condition:
+            if len(self._waiting) >= self.limits.max_waiting:
+                raise EngineBusy(f"{len(self._waiting)} requests are already waiting for {self.runner.slots} slots")
+            self._waiting.append(sequence)
+            self._condition.notify()
+        return Ticket(sequence, events)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """Events for one request; leaving the iterator early cancels the generation."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        job = _Job(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event), threading.Event())
-        self._jobs.put(job)
-        try:
-            while True:
-                event = await events.get()
-                yield event
-                if isinstance(event, (Finished, Failed)):
-                    return
-        finally:
-            job.cancelled.set()
+        async for event in self.submit(request).events():
+            yield event
 
     def close(self) -> None:
-        self._jobs.put(None)
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
         self._worker.join(timeout=30)
 
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                continue
-            try:
-                self._run(job)
-            except Exception as error:  # reported to the one request, the worker lives on
-                log.exception("generation failed")
-                job.emit(Failed(f"generation failed: {error}"))
+    # The worker thread from here on.
 
-    def _run(self, job: _Job) -> None:
-        request = job.request
-        started = time.perf_counter()
-        first_token_at = None
-        detokenizer = Detokenizer(self.folder.tokenizer)
-        produced = 0
-        tokens = self.generator.generate(
-            request.prompt_ids,
-            request.max_new_tokens,
-            Sampler(request.sampling),
-            self.folder.stop_token_ids,
-            job.cancelled.is_set,
-        )
-        for token in tokens:
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            produced += 1
-            job.emit(TextDelta(detokenizer.add(token), token))
-        if job.cancelled.is_set():
-            reason = "cancelled"
-        elif produced >= request.max_new_tokens or self.generator.cache.length >= self.capacity:
-            reason = "length"
-        else:
-            reason = "stop"
-        finished_at = time.perf_counter()
-        job.emit(
-            Finished(
-                reason,
-                len(request.prompt_ids),
-                produced,
-                (first_token_at or finished_at) - started,
-                finished_at - started,
+    def _work(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closing and not self._waiting and not self.running:
+                    self._condition.wait()
+                if self._closing:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as error:  # reported to the requests in flight; the worker lives on
+                log.exception("generation step failed")
+                for slot in self._slots:
+                    if slot.sequence is not None:
+                        slot.sequence.emit(Failed(f"generation failed: {error}"))
+                        self._release(slot, keep_cache=False)
+        for sequence in list(self._waiting):
+            sequence.emit(Failed("the model was unloaded", code="model_unloaded"))
+        for slot in self._slots:
+            if slot.sequence is not None:
+                slot.sequence.emit(Failed("the model was unloaded", code="model_unloaded"))
+
+    def _admit(self) -> None:
+        """Moves waiting requests into free slots; fails those that waited too long."""
+        now = time.perf_counter()
+        while self._waiting:
+            sequence = self._waiting[0]
+            if sequence.cancelled.is_set():
+                self._waiting.popleft()
+                continue
+            free = [index for index, slot in enumerate(self._slots) if slot.sequence is None]
+            if not free:
+                break
+            self._waiting.popleft()
+            index, reused = self._choose_slot(free, sequence.request)
+            self._slots[index].sequence = sequence
+            sequence.admit(index, reused)
+        for sequence in [waiting for waiting in self._waiting if now - waiting.submitted > self.limits.queue_timeout]:
+            self._waiting.remove(sequence)
+            sequence.emit(
+                Failed(f"no generation slot freed up within {self.limits.queue_timeout:g} s", code="queue_timeout")
             )
-        )
+
+    def _choose_slot(self, free: list[int], request: GenerationRequest) -> tuple[int, int]:
+        """The idle slot whose cache shares the longest prefix with the prompt (and how many
+        tokens of it to reuse), else the least recently used one."""
+        self.prefix_queries += 1
+        best, best_length = None, 0
+        if self.runner.supports_prefix_reuse and request.prompt_logprobs is None:
+            prompt = request.prompt_ids
+            for index in free:
+                cached = self._slots[index].tokens
+                length = 0
+                limit = min(len(cached), len(prompt) - 1)  # one prompt token must run to give logits
+                while length < limit and cached[length] == prompt[length]:
+                    length += 1
+                if length > best_length:
+                    best, best_length = index, length
+        if best is not None:
+            self.prefix_hits += 1
+            self.prefix_hit_tokens += best_length
+            return best, best_length
+        return min(free, key=lambda index: (self._slots[index].last_used, index)), 0
+
+    def _release(self, slot: _Slot, keep_cache: bool = True) -> None:
+        sequence = slot.sequence
+        slot.tokens = sequence.cached_tokens() if keep_cache and sequence is not None else []
+        slot.last_used = time.perf_counter()
+        slot.sequence = None
+
+    def _step(self) -> None:
+        for slot in self._slots:
+            sequence = slot.sequence
+            if sequence is not None and sequence.cancelled.is_set() and sequence.state != DONE:
+                sequence.finish("cancelled")
+                self._release(slot)
+        active = [slot.sequence for slot in self._slots if slot.sequence is not None]
+        decoding = [sequence for sequence in active if sequence.state == DECODING]
+        prefilling = [sequence for sequence in active if sequence.state == PREFILLING]
+        if prefilling:
+            self._prefill(min(prefilling, key=lambda sequence: sequence.submitted), interleaved=bool(decoding))
+        if decoding:
+            self._decode(decoding)
+
+    def _prefill(self, sequence: Sequence, interleaved: bool) -> None:
+        prompt = sequence.request.prompt_ids
+        scoring = sequence.request.prompt_logprobs is not None
+        size = INTERLEAVED_PREFILL_CHUNK if interleaved else PREFILL_CHUNK
+        start = sequence.cached
+        chunk = prompt[start : start + size]
+        logits = self.runner.prefill(sequence.slot, chunk, start, all_positions=scoring)
+        sequence.cached += len(chunk)
+        if scoring:
+            sequence.prompt_logits.append(logits.copy())
+        if sequence.cached < len(prompt):
+            return
+        if scoring:
+            everything = np.concatenate(sequence.prompt_logits)
+            sequence.emit(prompt_scores(prompt, everything, sequence.request.prompt_logprobs))
+            logits = everything[-1]
+        if sequence.request.max_new_tokens == 0:  # scoring only (echo with max_tokens 0)
+            sequence.finish("length")
+            self._release(self._slots[sequence.slot])
+        elif sequence.take(logits, self.capacity):
+            self._release(self._slots[sequence.slot])
+
+    def _decode(self, decoding: list[Sequence]) -> None:
+        rows = max(sequence.slot for sequence in decoding) + 1
+        tokens = [0] * rows
+        positions = []
+        for index in range(rows):
+            slot = self._slots[index]
+            sequence = slot.sequence
+            if sequence is not None and sequence.state == DECODING:
+                tokens[index] = sequence.pending
+                positions.append(sequence.cached)
+            else:
+                # A row with no token to add still runs: it writes one throwaway position just
+                # past what its slot holds, which a later prefill overwrites.
+                held = len(slot.tokens) if sequence is None else sequence.cached
+                if held >= self.capacity:
+                    slot.tokens = slot.tokens[: self.capacity - 1]
+                    held = self.capacity - 1
+                positions.append(held)
+        logits = self.runner.decode(tokens, positions)
+        for sequence in decoding:
+            sequence.cached += 1
+            if sequence.take(logits[sequence.slot], self.capacity):
+                self._release(self._slots[sequence.slot])

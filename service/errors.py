@@ -26,9 +26,16 @@ _TYPES = {
 
 class APIError(Exception):
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None, error_type: str | None = None
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.param = param
@@ -42,7 +49,7 @@ def error_body(message: str, error_type: str, param: str | None = None, code: st
 
 def error_response(error: APIError) -> Response:
     body = msgspec.json.encode(error_body(error.message, error.error_type, error.param, error.code))
-    return Response(body, status_code=error.status, media_type="application/json")
+    return Response(body, status_code=error.status, media_type="application/json", headers=error.headers)
 
 
 async def handle_api_error(request: Request, error: Exception) -> Response:

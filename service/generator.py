@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.kv_cache import KVCache
+from service.kv_cache import SlotCache
 from service.sampler import Sampler
 
 # Long prompts go through the graph in chunks, bounding the activations a prefill needs.
@@ -36,11 +36,8 @@ class ModelShape:
 class DecodeLoop:
     """Prefill, then one token per step; subclasses say how a step runs on their graph."""
 
-    cache: KVCache
-
-    @property
-    def capacity(self) -> int:
-        return self.cache.capacity
+    capacity: int
+    length: int  # tokens of the current sequence in the cache
 
     def forward(self, token_ids: list[int]) -> np.ndarray:
         """Appends tokens to the cache and returns the logits after the last one."""
@@ -72,34 +69,39 @@ class DecodeLoop:
         for produced in range(max_new_tokens):
             if cancelled():
                 return
-            token = sampler(logits)
+            token = sampler(logits).token_id
             if token in stop_ids:
                 return
             yield token
-            if produced + 1 == max_new_tokens or self.cache.length >= self.capacity:
+            if produced + 1 == max_new_tokens or self.length >= self.capacity:
                 return
             logits = self.forward([token])
 
     def reset(self) -> None:
         """Forgets the current sequence."""
-        self.cache.length = 0
+        self.length = 0
 
 
 class Generator(DecodeLoop):
-    """Runs one sequence at a time through a native decoder graph, its KV cache bound in place."""
+    """Runs one sequence at a time through a native decoder graph, its KV cache bound in place.
+
+    The engine batches many sequences (service/batch_runner.py); this is the plain loop that
+    tests and benchmarks use to follow one sequence."""
 
     def __init__(self, session: ort.InferenceSession, shape: ModelShape, capacity: int, device: str = "cpu") -> None:
         self.session = session
-        self.cache = KVCache(shape.layers, shape.kv_heads, shape.head_dim, capacity, device)
+        self.capacity = capacity
+        self.length = 0
+        self.cache = SlotCache(shape.layers, shape.kv_heads, shape.head_dim, capacity, 1, device)
         self.logits = np.zeros((1, 1, shape.vocab_size), dtype=np.float32)
         self.binding = session.io_binding()
-        self.cache.bind(self.binding)
+        self.cache.bind(self.binding, 0, 1)
         self.binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self.logits))
         self._one = np.array([1], dtype=np.int64)
 
     def _run(self, binding: ort.IOBinding, token_ids: list[int], logits_to_keep: np.ndarray) -> None:
         """Appends tokens to the cache through `binding`, whose logits output is already bound."""
-        length = self.cache.length + len(token_ids)
+        length = self.length + len(token_ids)
         if length > self.capacity:
             raise ValueError(f"sequence of {length} tokens exceeds the cache capacity of {self.capacity}")
         binding.bind_cpu_input("input_ids", np.array([token_ids], dtype=np.int64))
@@ -107,7 +109,7 @@ class Generator(DecodeLoop):
         binding.bind_cpu_input("total_sequence_length", np.array(length, dtype=np.int32))
         binding.bind_cpu_input("num_logits_to_keep", logits_to_keep)
         self.session.run_with_iobinding(binding)
-        self.cache.length = length
+        self.length = length
 
     def forward(self, token_ids: list[int]) -> np.ndarray:
         """Appends tokens to the cache and returns the logits after the last one (a view, reused)."""
@@ -123,7 +125,7 @@ class Generator(DecodeLoop):
             chunk = token_ids[start : start + PREFILL_CHUNK]
             logits = np.empty((1, len(chunk), self.logits.shape[-1]), dtype=np.float32)
             binding = self.session.io_binding()
-            self.cache.bind(binding)
+            self.cache.bind(binding, 0, 1)
             binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
             self._run(binding, chunk, np.array([len(chunk)], dtype=np.int64))
             chunks.append(logits[0])

@@ -1,7 +1,12 @@
-"""Key/value buffers for one sequence, allocated once and bound as both past and present.
+"""Key/value buffers for a fixed number of sequence slots, allocated once and bound in place.
 
-GroupQueryAttention appends each step's keys and values in place when the past and present
-inputs share a buffer, so a decode step allocates nothing and copies no cache.
+Each layer's keys (and values) live in one (slots, kv_heads, capacity, head_dim) buffer.
+GroupQueryAttention appends a step's keys and values in place when past and present are bound
+to the same memory, so a step allocates nothing and copies no cache. Slots are bound by
+address: a prefill binds one slot, a decode step the first `rows` slots as one batch.
+
+On CPU the buffers are numpy arrays from calloc: pages of slots never used are never touched,
+so resident memory grows with the tokens actually cached, not with slots x capacity.
 """
 
 from __future__ import annotations
@@ -10,19 +15,48 @@ import numpy as np
 import onnxruntime as ort
 
 
-class KVCache:
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, device: str = "cpu") -> None:
+class SlotCache:
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, slots: int = 1, device: str = "cpu") -> None:
         self.capacity = capacity
-        shape = [1, kv_heads, capacity, head_dim]
-        self.buffers = {
-            (layer, kind): ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device, 0)
-            for layer in range(layers)
-            for kind in ("key", "value")
-        }
-        self.length = 0  # tokens whose keys and values are in the buffers
+        self.slots = slots
+        self.device = device
+        self._shape = (kv_heads, capacity, head_dim)
+        self._slot_bytes = kv_heads * capacity * head_dim * np.dtype(np.float32).itemsize
+        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        self._values: dict[tuple[int, str], ort.OrtValue] = {}
+        for layer in range(layers):
+            for kind in ("key", "value"):
+                if device == "cpu":
+                    self._arrays[layer, kind] = np.zeros((slots, *self._shape), dtype=np.float32)
+                else:
+                    self._values[layer, kind] = ort.OrtValue.ortvalue_from_shape_and_type(
+                        [slots, *self._shape], np.float32, device, 0
+                    )
+        self.names = [(f"past_key_values.{layer}.{kind}", f"present.{layer}.{kind}", (layer, kind)) for layer in range(layers) for kind in ("key", "value")]
 
-    def bind(self, binding: ort.IOBinding) -> None:
-        for (layer, kind), buffer in self.buffers.items():
-            binding.bind_ortvalue_input(f"past_key_values.{layer}.{kind}", buffer)
-            binding.bind_ortvalue_output(f"present.{layer}.{kind}", buffer)
+    def _address(self, key: tuple[int, str]) -> int:
+        if self.device == "cpu":
+            return self._arrays[key].ctypes.data
+        return self._values[key].data_ptr()
 
+    def bind(self, binding: ort.IOBinding, first_slot: int, rows: int) -> None:
+        """Binds slots [first_slot, first_slot + rows) as past and present of every layer."""
+        if first_slot < 0 or first_slot + rows > self.slots:
+            raise ValueError(f"slots {first_slot}..{first_slot + rows - 1} are outside 0..{self.slots - 1}")
+        shape = [rows, *self._shape]
+        offset = first_slot * self._slot_bytes
+        for past, present, key in self.names:
+            address = self._address(key) + offset
+            binding.bind_input(past, self.device, 0, np.float32, shape, address)
+            binding.bind_output(present, self.device, 0, np.float32, shape, address)
+
+    def copy_prefix(self, source_slot: int, target_slot: int, length: int) -> None:
+        """Copies the first `length` cached positions of one slot into another (CPU only)."""
+        if self.device != "cpu":
+            raise NotImplementedError("copying cache prefixes is implemented for CPU buffers")
+        for array in self._arrays.values():
+            array[target_slot, :, :length] = array[source_slot, :, :length]
+
+    @property
+    def can_copy(self) -> bool:
+        return self.device == "cpu"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from converter.cache import cached_conversion
 from converter.errors import ConversionError
-from service.engine import Engine
+from service.engine import Engine, EngineLimits
 from service.model_folder import ModelFolder, ModelFolderError
 from service.runtime import choose_placement
 from service.settings import ModelSpec, Settings
@@ -72,7 +72,8 @@ class ModelRegistry:
         try:
             folder = ModelFolder.load(self._model_folder(spec.source))
             capacity = min(self.settings.max_context, folder.context_length)
-            entry.engine = Engine(folder, choose_placement(self.settings.device), capacity, self.settings.threads)
+            limits = EngineLimits(self.settings.max_batch, self.settings.max_waiting, self.settings.queue_timeout)
+            entry.engine = Engine(folder, choose_placement(self.settings.device), capacity, self.settings.threads, limits)
             entry.status = READY
             log.info(
                 "model ready",

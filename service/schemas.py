@@ -35,43 +35,67 @@ class StreamOptions(Struct):
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+StopText = Annotated[str, Meta(min_length=1, max_length=256)]
+MAX_STOP_STRINGS = 16
+MAX_CHOICES = 16
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
+class GenerationOptions(Struct, kw_only=True):
+    """What chat and text completions share: the model, streaming and every sampling option,
+    named and bounded as OpenAI (and, for the extensions, vLLM and llama.cpp) name them."""
+
     model: str
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
+    top_k: Annotated[int, Meta(ge=-1)] | None = None  # -1 or 0: off (vLLM's and llama.cpp's spelling)
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
     seed: int | None = None
-    n: PositiveInt = 1
+    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
+    stop: StopText | Annotated[list[StopText], Meta(max_length=MAX_STOP_STRINGS)] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    ignore_eos: bool = False
     user: str | None = None
-    # Accepted so that clients sending their defaults work; other values are refused until the
-    # engine implements them, rather than silently ignored.
-    stop: str | list[str] | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
 
-    def unsupported_option(self) -> str | None:
-        if self.n != 1:
-            return "n"
-        if self.stop:
-            return "stop"
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                return name
-        if self.logit_bias:
-            return "logit_bias"
-        if self.logprobs or self.top_logprobs:
-            return "logprobs"
-        return None
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(GenerationOptions, kw_only=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_completion_tokens: PositiveInt | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+
+
+class CompletionRequest(GenerationOptions, kw_only=True):
+    # One prompt (text or token ids) or several; each gets `n` choices. msgspec allows one list
+    # type in a union, so the list's shape is checked in `prompts()`.
+    prompt: str | Annotated[list[str | int | list[int]], Meta(min_length=1)]
+    # OpenAI's default for text completions; 0 with `echo` scores the prompt and generates nothing.
+    max_tokens: Annotated[int, Meta(ge=0)] | None = 16
+    echo: bool = False
+    logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    suffix: str | None = None
+    best_of: PositiveInt | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts as texts or token-id lists; raises ValueError for a mixed list."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(item, int) for item in self.prompt):
+            return [list(self.prompt)]
+        if all(isinstance(item, str) for item in self.prompt) or all(isinstance(item, list) for item in self.prompt):
+            return list(self.prompt)
+        raise ValueError("prompt must be a string, a list of strings, a list of token ids or a list of such lists")
 
 
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
@@ -83,7 +107,8 @@ def _param_of(message: str) -> str | None:
     path = _AT_PATH.search(message)
     missing = _MISSING.search(message)
     parts = [part for part in (path.group(1) if path else "", missing.group(1) if missing else "") if part]
-    return ".".join(parts) or None
+    # A dict value's path ends in `[...]` (msgspec does not name the key): name the dict.
+    return ".".join(parts).replace("[...]", "") or None
 
 
 def decode_body(body: bytes, schema: type[Struct]):

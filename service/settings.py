@@ -48,6 +48,11 @@ class Settings:
     threads: int | None = None
     # Tokens of KV cache per sequence; also the longest prompt plus completion accepted.
     max_context: int = 4096
+    # Sequences one model decodes together (continuous batching), requests that may wait for one
+    # of those slots, and how long they may wait before a 503.
+    max_batch: int = 8
+    max_waiting: int = 64
+    queue_timeout: float = 60.0
     # Browser origins allowed to call the API (the SPA's); loopback origins on any port by default.
     cors_origins: tuple[str, ...] = ()
     cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: a conversation in, an answer out, whole or streamed over SSE."""
+"""POST /v1/chat/completions: a conversation in, `n` answers out, whole or streamed over SSE."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from service.chat_template import ChatTemplateError
-from service.engine import Engine, Failed, Finished, GenerationRequest, TextDelta
+from service.engine import Engine, Failed, Finished, GenerationRequest, TextDelta, Ticket
 from service.errors import APIError, error_body
+from service.routes import generation
 from service.routes.models import ready_model
-from service.sampler import SamplingParams
 from service.schemas import ChatCompletionRequest, decode_body
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -33,57 +33,33 @@ def _prompt_ids(engine: Engine, body: ChatCompletionRequest) -> list[int]:
 
 
 def _generation_request(engine: Engine, body: ChatCompletionRequest, prompt_ids: list[int]) -> GenerationRequest:
-    unsupported = body.unsupported_option()
-    if unsupported:
-        raise APIError(400, f"`{unsupported}` is not supported yet", param=unsupported, code="unsupported_parameter")
-    room = engine.capacity - len(prompt_ids)
-    requested = body.max_completion_tokens or body.max_tokens
-    if room < 1 or (requested is not None and requested > room):
-        raise APIError(
-            400,
-            f"this model's maximum context length is {engine.capacity} tokens; the messages take "
-            f"{len(prompt_ids)} tokens and {requested or 1} were requested for the completion",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    defaults = engine.folder.generation.get("defaults", {})
-    sampling = SamplingParams(
-        temperature=body.temperature if body.temperature is not None else defaults.get("temperature", 1.0),
-        top_p=body.top_p if body.top_p is not None else defaults.get("top_p", 1.0),
-        top_k=body.top_k if body.top_k is not None else defaults.get("top_k", 0),
-        seed=body.seed,
+    if body.top_logprobs and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    budget = generation.completion_budget(engine, prompt_ids, body.max_completion_tokens or body.max_tokens, "messages")
+    return GenerationRequest(
+        prompt_ids,
+        budget,
+        generation.sampling_params(engine, body, body.logprobs, body.top_logprobs or 0),
+        stop=body.stop_strings(),
+        ignore_eos=body.ignore_eos,
     )
-    return GenerationRequest(prompt_ids, requested or room, sampling)
-
-
-def _usage(finished: Finished) -> dict:
-    return {
-        "prompt_tokens": finished.prompt_tokens,
-        "completion_tokens": finished.completion_tokens,
-        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-    }
 
 
 async def create_chat_completion(request: Request) -> Response:
     body = decode_body(await request.body(), ChatCompletionRequest)
     entry = ready_model(request.app.state.registry, body.model)
     engine = entry.engine
-    generation = _generation_request(engine, body, _prompt_ids(engine, body))
+    prompt_ids = _prompt_ids(engine, body)
+    requests = generation.choices_of(_generation_request(engine, body, prompt_ids), body.n)
+    tickets = await generation.admit(engine, requests)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse_events(engine, generation, completion_id, entry.model_id, created, include_usage)
+        events = _sse_events(engine, tickets, body.logprobs, completion_id, entry.model_id, created, include_usage, len(prompt_ids))
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    pieces: list[str] = []
-    async for event in engine.stream(generation):
-        if isinstance(event, TextDelta):
-            pieces.append(event.text)
-        elif isinstance(event, Failed):
-            raise APIError(500, event.message, error_type="server_error")
-        elif isinstance(event, Finished):
-            finished = event
+    choices = await generation.collect(tickets)
     completion = {
         "id": completion_id,
         "object": "chat.completion",
@@ -91,51 +67,61 @@ async def create_chat_completion(request: Request) -> Response:
         "model": entry.model_id,
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(pieces)},
-                "logprobs": None,
-                "finish_reason": finished.finish_reason,
+                "index": index,
+                "message": {"role": "assistant", "content": "".join(choice.text)},
+                "logprobs": generation.chat_logprobs(engine, choice.tokens) if body.logprobs else None,
+                "finish_reason": choice.finished.finish_reason,
             }
+            for index, choice in enumerate(choices)
         ],
-        "usage": _usage(finished),
+        "usage": generation.usage([choice.finished for choice in choices], len(prompt_ids)),
     }
     return Response(msgspec.json.encode(completion), media_type="application/json")
 
 
-def _sse(payload: dict | str) -> bytes:
+def sse(payload: dict | str) -> bytes:
     data = payload if isinstance(payload, str) else msgspec.json.encode(payload).decode()
     return f"data: {data}\n\n".encode()
 
 
 async def _sse_events(
-    engine: Engine, generation: GenerationRequest, completion_id: str, model_id: str, created: int, include_usage: bool
+    engine: Engine,
+    tickets: list[Ticket],
+    logprobs: bool,
+    completion_id: str,
+    model_id: str,
+    created: int,
+    include_usage: bool,
+    prompt_tokens: int,
 ) -> AsyncIterator[bytes]:
-    """OpenAI chat.completion.chunk events, ending with `data: [DONE]`.
+    """OpenAI chat.completion.chunk events for every choice, ending with `data: [DONE]`.
 
-    If the client goes away, Starlette stops this iterator and the engine cancels the request.
+    If the client goes away, Starlette stops this iterator and the engine cancels the requests.
     """
 
-    def chunk(delta: dict, finish_reason: str | None = None) -> dict:
-        return {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-        }
+    def chunk(index: int, delta: dict, finish_reason: str | None = None, token=None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        if logprobs and token is not None:
+            choice["logprobs"] = generation.chat_logprobs(engine, [token])
+        return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id, "choices": [choice]}
 
-    yield _sse(chunk({"role": "assistant", "content": ""}))
-    async for event in engine.stream(generation):
+    for index in range(len(tickets)):
+        yield sse(chunk(index, {"role": "assistant", "content": ""}))
+    finished: list[Finished] = []
+    async for index, event in generation.merged(tickets):
         if isinstance(event, TextDelta):
-            if event.text:
-                yield _sse(chunk({"content": event.text}))
+            if event.text or logprobs:
+                yield sse(chunk(index, {"content": event.text}, token=event.token))
         elif isinstance(event, Finished):
-            yield _sse(chunk({}, event.finish_reason))
-            if include_usage:
-                usage_chunk = chunk({})
-                usage_chunk["choices"] = []
-                usage_chunk["usage"] = _usage(event)
-                yield _sse(usage_chunk)
+            if event.text:
+                yield sse(chunk(index, {"content": event.text}))
+            yield sse(chunk(index, {}, event.finish_reason))
+            finished.append(event)
         elif isinstance(event, Failed):
-            yield _sse(error_body(event.message, "server_error"))
-    yield _sse("[DONE]")
+            yield sse(error_body(event.message, "server_error", code=event.code))
+    if include_usage and len(finished) == len(tickets):
+        usage_chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
+        usage_chunk["choices"] = []
+        usage_chunk["usage"] = generation.usage(finished, prompt_tokens)
+        yield sse(usage_chunk)
+    yield sse("[DONE]")
