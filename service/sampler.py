@@ -4,7 +4,7 @@ Order: logit_bias -> repetition_penalty -> presence/frequency -> (greedy if temp
 -> temperature -> top_k -> top_p -> min_p -> draw. It runs once per generated token per
 stream over vocabularies of up to 262144, so every step is a linear pass at most: the caller's
 logits are copied only when a bias or penalty changes them, penalties touch only the tokens
-seen so far, and no step sorts the whole vocabulary unless the distribution is nearly flat.
+seen so far, and no step sorts the whole vocabulary (unless all of it ties).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ MAX_TOP_LOGPROBS = 20
 # this (a flat distribution), it buckets them by weight and sorts only the bucket at its edge.
 _NUCLEUS_SORT_LIMIT = 1024
 _NUCLEUS_BUCKETS = 1024
+
+# top_k and top_logprobs look for a floor among every this-many logits before partitioning.
+_SAMPLE_STRIDE = 32
 
 # Drawing from the whole vocabulary sums blocks of it first, so the running sum is over blocks
 # and one block rather than over every token.
@@ -157,7 +160,7 @@ class Sampler:
     def _draw(self, scores: np.ndarray) -> int:
         params = self.params
         if 0 < params.top_k < scores.size:
-            candidates = np.argpartition(scores, -params.top_k)[-params.top_k :]
+            candidates = _largest(scores, params.top_k)
             chosen = weights = scores[candidates]
         else:
             candidates, chosen = None, scores
@@ -197,11 +200,11 @@ class Sampler:
         shifted = self._weights
         np.subtract(logits, peak, out=shifted)
         np.exp(shifted, out=shifted)
-        log_total = peak + math.log(float(shifted.sum(dtype=np.float64)))
+        log_total = peak + math.log(float(shifted.sum()))
         top: tuple[tuple[int, float], ...] = ()
         if params.top_logprobs:
             count = min(params.top_logprobs, logits.size)
-            best = np.argpartition(logits, -count)[-count:]
+            best = _largest(logits, count)
             best = best[np.lexsort((best, -logits[best]))]
             top = tuple((int(token), float(logits[token]) - log_total) for token in best)
         return SampledToken(token_id, float(logits[token_id]) - log_total, top)
@@ -212,6 +215,19 @@ def _scratch(buffer: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype:
         return np.empty_like(like)
     return buffer
+
+
+def _largest(values: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` largest values, in no particular order.
+
+    The count-th largest of every few values is a floor that at least `count` values reach, so
+    only the few values above it are partitioned rather than the whole vocabulary.
+    """
+    if values.size < 2 * _SAMPLE_STRIDE * count:
+        return np.argpartition(values, -count)[-count:]
+    floor = np.partition(values[::_SAMPLE_STRIDE], -count)[-count]
+    above = np.flatnonzero(values >= floor)
+    return above[np.argpartition(values[above], -count)[-count:]]
 
 
 def _index_at(cumulative: np.ndarray, target: float) -> int:
@@ -226,7 +242,7 @@ def _nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
     Tokens each below (1 - top_p) * total / n together hold less than 1 - top_p, so the nucleus
     lies among the rest: usually a handful of tokens found in one pass, sorted directly.
     """
-    total = float(weights.sum(dtype=np.float64))
+    total = float(weights.sum())
     needed = top_p * total
     floor = max((1.0 - top_p) * total / weights.size, float(np.finfo(weights.dtype).tiny))
     candidates = np.flatnonzero(weights >= floor)
