@@ -107,7 +107,12 @@ def main() -> None:
                 f"| {row['perplexity']:.3f} | {reference_perplexity:.3f} | {row['top1'] * 100:.1f}% |"
             )
             print(lines[-1], flush=True)
-    lines += ["", f"{len(ids)} tokens of text for the last model; token counts differ by tokenizer.", ""]
+    lines += [
+        "",
+        f"{len(ids)} tokens of text for the last model; token counts differ by tokenizer. Timings depend on "
+        "what else the machine runs; sizes, perplexities and agreement do not.",
+        "",
+    ]
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {arguments.out}")

@@ -149,14 +149,23 @@ class Engine:
             raise ValueError("the prompt is empty")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the client's event loop is gone: nobody is listening
+                pass
+
         sequence = Sequence(
             request,
-            lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            emit,
             Detokenizer(self.folder.tokenizer),
             frozenset(self.folder.stop_token_ids),
         )
         with self._condition:
-            if len(self._waiting) >= self.limits.max_waiting:
+            # Requests not yet moved into a free slot do not count against the waiting room.
+            free = sum(slot.sequence is None for slot in self._slots)
+            if len(self._waiting) >= self.limits.max_waiting + free:
                 raise EngineBusy(f"{len(self._waiting)} requests are already waiting for {self.runner.slots} slots")
             self._waiting.append(sequence)
             self._condition.notify()
