@@ -14,7 +14,7 @@ import numpy as np
 
 from converter.graph_builder import FLOAT, MICROSOFT, GraphBuilder
 from converter.model_config import DecoderConfig, LayerWeights
-from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight
+from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight, stacked
 
 
 def _packed_levels(builder: GraphBuilder, weight: BlockQuantizedWeight, name: str) -> str:
@@ -190,6 +190,32 @@ def _per_head_rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray | None, 
     return builder.op1("Reshape", [normed, flat], f"{name}/flat")
 
 
+def _projections(
+    builder: GraphBuilder, x: str, layer: LayerWeights, config: DecoderConfig, name: str, accuracy: AccuracyLevels
+) -> tuple[str, str, str]:
+    """Query, key and value for GroupQueryAttention. When q, k and v are stored alike they run as
+    one stacked matmul; without q/k norms the packed result goes to the op whole (key and value
+    then empty), else it is split so the norms can apply before the op's rotary embedding."""
+    parts = [layer.q_proj, layer.k_proj, layer.v_proj]
+    biases = [layer.q_bias, layer.k_bias, layer.v_bias]
+    fused = stacked(parts)
+    if fused is None:
+        query, key, value = (
+            _add_bias(builder, linear(builder, x, weight, f"{name}.{part}_proj", accuracy), bias, f"{name}.{part}_proj")
+            for weight, bias, part in zip(parts, biases, "qkv", strict=True)
+        )
+    else:
+        bias = None if biases[0] is None else np.concatenate(biases)
+        packed = _add_bias(builder, linear(builder, x, fused, f"{name}.qkv_proj", accuracy), bias, f"{name}.qkv_proj")
+        if layer.q_norm is None and layer.k_norm is None:
+            return packed, "", ""
+        sizes = builder.constant(f"{name}.qkv_sizes", np.array([weight.shape[0] for weight in parts], dtype=np.int64))
+        query, key, value = builder.op("Split", [packed, sizes], f"{name}.qkv_split", outputs=3, axis=-1)
+    query = _per_head_rms_norm(builder, query, layer.q_norm, config.rms_norm_eps, config.head_dim, f"{name}.q_norm")
+    key = _per_head_rms_norm(builder, key, layer.k_norm, config.rms_norm_eps, config.head_dim, f"{name}.k_norm")
+    return query, key, value
+
+
 def attention(
     builder: GraphBuilder,
     x: str,
@@ -208,11 +234,7 @@ def attention(
     one buffer the op appends in place: a decode step allocates nothing for the cache. Per-head
     q/k norms come before it, since it applies the rotary embedding itself.
     """
-    query = _add_bias(builder, linear(builder, x, layer.q_proj, f"{name}.q_proj", accuracy), layer.q_bias, f"{name}.q_proj")
-    key = _add_bias(builder, linear(builder, x, layer.k_proj, f"{name}.k_proj", accuracy), layer.k_bias, f"{name}.k_proj")
-    value = _add_bias(builder, linear(builder, x, layer.v_proj, f"{name}.v_proj", accuracy), layer.v_bias, f"{name}.v_proj")
-    query = _per_head_rms_norm(builder, query, layer.q_norm, config.rms_norm_eps, config.head_dim, f"{name}.q_norm")
-    key = _per_head_rms_norm(builder, key, layer.k_norm, config.rms_norm_eps, config.head_dim, f"{name}.k_norm")
+    query, key, value = _projections(builder, x, layer, config, name, accuracy)
     scale = config.attention_scale if config.attention_scale is not None else config.head_dim**-0.5
     output, present_key, present_value = builder.op(
         "GroupQueryAttention",
@@ -252,9 +274,15 @@ def _activation(builder: GraphBuilder, x: str, kind: str, name: str) -> str:
 def gated_mlp(
     builder: GraphBuilder, x: str, layer: LayerWeights, activation: str, name: str, accuracy: AccuracyLevels = EXACT
 ) -> str:
-    """down(act(gate(x)) * up(x)), with SiLU (Llama, Qwen) or tanh-approximated GELU (Gemma)."""
-    gate = linear(builder, x, layer.gate_proj, f"{name}.gate_proj", accuracy)
-    up = linear(builder, x, layer.up_proj, f"{name}.up_proj", accuracy)
+    """down(act(gate(x)) * up(x)), with SiLU (Llama, Qwen) or tanh-approximated GELU (Gemma);
+    gate and up run as one stacked matmul when they are stored alike."""
+    fused = stacked([layer.gate_proj, layer.up_proj])
+    if fused is None:
+        gate = linear(builder, x, layer.gate_proj, f"{name}.gate_proj", accuracy)
+        up = linear(builder, x, layer.up_proj, f"{name}.up_proj", accuracy)
+    else:
+        both = linear(builder, x, fused, f"{name}.gate_up_proj", accuracy)
+        gate, up = builder.op("Split", [both, builder.constant(f"{name}.gate_up_sizes", np.array([layer.gate_proj.shape[0], layer.up_proj.shape[0]], dtype=np.int64))], f"{name}.gate_up_split", outputs=2, axis=-1)
     product = builder.op1("Mul", [_activation(builder, gate, activation, name), up], f"{name}.gate_times_up")
     return linear(builder, product, layer.down_proj, f"{name}.down_proj", accuracy)
 

@@ -24,7 +24,7 @@ from converter.quantization import (
     OWN_INT4,
     QUANT_MODES,
     apply_quantization,
-    int4_matmul_names,
+    layer_matrix_names,
     quantization_table,
     split_8bit_weights,
 )
@@ -205,10 +205,9 @@ def _build_native(model: SourceModel, options: ConversionOptions, progress: Prog
     if onnx_int4:
         algorithm = options.int4_algorithm
         progress.stage(f"quantizing the layers to int4 ({algorithm}, blocks of {options.block_size})")
-        names = int4_matmul_names(weights)
-        graph = quantize_matmuls(graph, names, 4, options.block_size, algorithm, accuracy[4])
+        graph = quantize_matmuls(graph, _layer_matmuls(graph), 4, options.block_size, algorithm, accuracy[4])
         stored = f"int4 blocks of {options.block_size} ({algorithm}, onnxruntime.quantization)"
-        table.update({name: {**table[name], "stored": stored} for name in names})
+        table.update({name: {**table[name], "stored": stored} for name in layer_matrix_names(weights)})
     return BuiltGraph(
         model=graph,
         interface=NATIVE_INTERFACE,
@@ -217,6 +216,17 @@ def _build_native(model: SourceModel, options: ConversionOptions, progress: Prog
         context_length=model.config.max_position_embeddings,
         config=model.config.to_json(),
     )
+
+
+def _layer_matmuls(graph: onnx.ModelProto) -> list[str]:
+    """The layers' float matmul nodes (stacked qkv and gate/up included), not the head's."""
+    constants = {initializer.name for initializer in graph.graph.initializer}
+    return [
+        node.name
+        for node in graph.graph.node
+        if node.op_type == "MatMul" and node.name.startswith("model.layers.") and node.input[1] in constants
+        and not node.name.endswith("/minimums")
+    ]
 
 
 def _build_with_optimum(source: Path, options: ConversionOptions, progress: Progress):

@@ -33,7 +33,7 @@ def apply_quantization(weights: DecoderWeights, mode: str, onnx_int4: bool = Fal
 
     `int4` stores the layers' matrices as 4-bit blocks of 32 with a float minimum (Q4_1, which
     re-quantizes Q4_0/Q4_1 sources without loss), or with `onnx_int4` leaves them as floats for
-    onnxruntime.quantization to quantize in the built graph (see `int4_matmul_names`); the
+    onnxruntime.quantization to quantize in the built graph (all layer matmuls, stacked ones included); the
     embedding table and head get 8-bit blocks, since their errors reach every token. `int8` uses
     8-bit blocks everywhere; `fp32` dequantizes everything; `fp16` stores every matrix as float16
     (half of fp32's folder; computed in float32).
@@ -58,8 +58,8 @@ def apply_quantization(weights: DecoderWeights, mode: str, onnx_int4: bool = Fal
     )
 
 
-def int4_matmul_names(weights: DecoderWeights) -> list[str]:
-    """The graph nodes `--quant int4` hands to onnxruntime.quantization: every layer matrix."""
+def layer_matrix_names(weights: DecoderWeights) -> list[str]:
+    """Every layer matrix's name in the manifest, as Hugging Face names it."""
     return [f"model.layers.{index}.{_group(name)}.{name}" for index in range(len(weights.layers)) for name in _LINEAR_NAMES]
 
 

@@ -124,3 +124,38 @@ class NibbleSplitWeight:
 
 
 LinearWeight = DenseWeight | BlockQuantizedWeight | NibbleSplitWeight
+
+
+def stacked(weights: list[LinearWeight]) -> LinearWeight | None:
+    """One weight whose rows are the given weights' rows in order (q, k, v into one qkv matrix),
+    or None when their storage differs. Stacked matrices read their input once and run as one
+    kernel instead of several, which matters most for the small matrices of small models."""
+    first = weights[0]
+    if any(type(weight) is not type(first) or weight.shape[1] != first.shape[1] for weight in weights):
+        return None
+    source_type = first.source_type if all(weight.source_type == first.source_type for weight in weights) else "mixed"
+    if isinstance(first, DenseWeight):
+        if any(weight.values.dtype != first.values.dtype for weight in weights):
+            return None
+        return DenseWeight(np.concatenate([weight.values for weight in weights]), source_type)
+    if isinstance(first, NibbleSplitWeight):
+        high = stacked([weight.high for weight in weights])
+        low = stacked([weight.low for weight in weights])
+        return None if high is None or low is None else NibbleSplitWeight(high, low, source_type)
+    if any((weight.bits, weight.block_size) != (first.bits, first.block_size) for weight in weights):
+        return None
+    minimums = None
+    if any(weight.minimums is not None for weight in weights):  # a weight without them has zeros
+        minimums = np.concatenate(
+            [weight.scales * 0 if weight.minimums is None else weight.minimums for weight in weights]
+        ).astype(np.float32)
+    return BlockQuantizedWeight(
+        packed=np.concatenate([weight.packed for weight in weights]),
+        scales=np.concatenate([weight.scales for weight in weights]),
+        zero_points=np.concatenate([weight.zero_points for weight in weights]),
+        bits=first.bits,
+        block_size=first.block_size,
+        in_features=first.in_features,
+        source_type=source_type,
+        minimums=minimums,
+    )
