@@ -63,6 +63,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"seconds a request may wait for a slot before a 503 (default {defaults.queue_timeout:g})",
     )
     parser.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=defaults.memory_budget_mb,
+        help="megabytes all loaded models may take, weights plus full KV caches; a load past it fails "
+        "with the reason (default: no limit)",
+    )
+    parser.add_argument(
         "--cors-origin", action="append", default=[], help="a browser origin allowed to call the API (repeatable); "
         "loopback origins are always allowed",
     )
@@ -84,6 +91,7 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
         max_batch=arguments.max_batch,
         max_waiting=arguments.max_waiting,
         queue_timeout=arguments.queue_timeout,
+        memory_budget_mb=arguments.memory_budget_mb,
         cors_origins=tuple(arguments.cors_origin),
     )
 

@@ -30,7 +30,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/livez", health.livez, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/models", models.register_model, methods=["POST"]),
         Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", models.delete_model, methods=["DELETE"]),
         Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
         Route("/v1/completions", completions.create_completion, methods=["POST"]),
     ]

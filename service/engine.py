@@ -125,6 +125,7 @@ class Engine:
         self._waiting: deque[Sequence] = deque()
         self._condition = threading.Condition()
         self._closing = False
+        self._accepting = True
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.prefix_hit_tokens = 0
@@ -163,6 +164,8 @@ class Engine:
             frozenset(self.folder.stop_token_ids),
         )
         with self._condition:
+            if not self._accepting:
+                raise EngineBusy("the model is being unloaded")
             # Requests not yet moved into a free slot do not count against the waiting room.
             free = sum(slot.sequence is None for slot in self._slots)
             if len(self._waiting) >= self.limits.max_waiting + free:
@@ -176,7 +179,14 @@ class Engine:
         async for event in self.submit(request).events():
             yield event
 
-    def close(self) -> None:
+    def close(self, drain_seconds: float = 0.0) -> None:
+        """Stops the worker. With `drain_seconds`, requests already accepted may finish first;
+        whatever is left then fails with code "model_unloaded"."""
+        with self._condition:
+            self._accepting = False
+        deadline = time.monotonic() + drain_seconds
+        while (self.running or self._waiting) and time.monotonic() < deadline:
+            time.sleep(0.05)
         with self._condition:
             self._closing = True
             self._condition.notify()

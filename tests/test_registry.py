@@ -1,0 +1,119 @@
+"""The hot model registry over HTTP: register while running (folder or GGUF), unload with
+requests in flight, per-model settings, a memory budget, and the errors of each."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.support import ServiceProcess
+from tests.test_api import QUESTION, assert_error, chat
+from tests.tiny_models import write_gguf_from_checkpoint
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, artifacts, tmp_path_factory):
+    process = ServiceProcess(
+        "--model", f"tiny={tiny_model_dir}",
+        "--models-dir", str(tmp_path_factory.mktemp("registry-models")),
+        "--memory-budget-mb", "200",
+        log_path=artifacts / "registry_server.log",
+    )
+    yield process
+    process.stop()
+
+
+def register(server, **body) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/models", json=body, timeout=30)
+
+
+def wait_settled(server, model_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = httpx.get(f"{server.url}/v1/models/{model_id}", timeout=10).json()
+        if model["status"] in ("ready", "failed"):
+            return model
+        time.sleep(0.1)
+    raise TimeoutError(model)
+
+
+def test_a_converted_folder_registers_and_serves_with_its_own_settings(server, tiny_model_dir):
+    accepted = register(server, id="second", source=str(tiny_model_dir), max_context=128, max_batch=2)
+    model = wait_settled(server, "second")
+    answer = chat(server, model="second", messages=QUESTION, max_tokens=3)
+
+    assert accepted.status_code == 202 and accepted.json()["status"] in ("loading", "ready")
+    assert model["status"] == "ready" and model["context_length"] == 128 and model["max_batch"] == 2
+    assert answer.status_code == 200
+
+
+def test_a_gguf_file_is_converted_in_the_background_then_served(server, tiny_checkpoint, tmp_path):
+    gguf = write_gguf_from_checkpoint(tiny_checkpoint, tmp_path / "tiny-q8.gguf")
+    accepted = register(server, id="from-gguf", source=str(gguf))
+    model = wait_settled(server, "from-gguf")
+
+    assert accepted.json()["status"] in ("converting", "loading", "ready")
+    assert model["status"] == "ready" and "progress" not in model
+    assert chat(server, model="from-gguf", messages=QUESTION, max_tokens=3).status_code == 200
+
+
+def test_unloading_lets_a_stream_in_flight_finish_and_then_the_model_is_gone(server, smollm2_model_dir):
+    # SmolLM2 with a small cache fits the budget and streams slowly enough to be caught mid-answer.
+    register(server, id="doomed", source=str(smollm2_model_dir), max_context=512, max_batch=1)
+    wait_settled(server, "doomed")
+    lines: list[str] = []
+    first_token = threading.Event()
+
+    def stream() -> None:
+        body = {"model": "doomed", "messages": QUESTION, "max_tokens": 150, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                lines.append(line)
+                if len(lines) > 4:
+                    first_token.set()
+
+    streaming = threading.Thread(target=stream)
+    streaming.start()
+    first_token.wait(30)
+    deleted = httpx.delete(f"{server.url}/v1/models/doomed", timeout=10)
+    after = chat(server, model="doomed", messages=QUESTION, max_tokens=2)
+    streaming.join(60)
+    payloads = [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+
+    assert deleted.json() == {"id": "doomed", "object": "model", "deleted": True}
+    assert_error(after, 404, code="model_not_found")
+    finish_reasons = [chunk["choices"][0]["finish_reason"] for chunk in payloads[:-1] if chunk["choices"]]
+    assert payloads[-1] == "[DONE]" and finish_reasons[-1] == "length"  # all 150 tokens, after the DELETE
+    assert_error(httpx.get(f"{server.url}/v1/models/doomed"), 404, code="model_not_found")
+
+
+def test_a_model_past_the_memory_budget_fails_with_the_reason(server, smollm2_model_dir):
+    register(server, id="too-big", source=str(smollm2_model_dir), max_context=4096, max_batch=8)
+    model = wait_settled(server, "too-big")
+
+    assert model["status"] == "failed" and "memory budget" in model["error"]
+
+
+@pytest.mark.parametrize(
+    "body, status, param, code",
+    [
+        ({"id": "tiny", "source": "."}, 409, "id", "model_exists"),
+        ({"id": "x", "source": "/no/such/file.gguf"}, 400, "source", None),
+        ({"id": "bad id!", "source": "."}, 400, "id", None),
+        ({"id": "x"}, 400, "source", None),
+        ({"id": "x", "source": ".", "quant": "int3"}, 400, "quant", None),
+        ({"id": "x", "source": ".", "max_batch": 0}, 400, "max_batch", None),
+    ],
+)
+def test_bad_registrations_are_refused_naming_the_field(server, tiny_model_dir, body, status, param, code):
+    body = {**body, "source": str(tiny_model_dir) if body.get("source") == "." else body.get("source")}
+    body = {key: value for key, value in body.items() if value is not None}
+    assert_error(register(server, **body), status, param=param, code=code)
+
+
+def test_unloading_an_unknown_model_is_a_404(server):
+    assert_error(httpx.delete(f"{server.url}/v1/models/nope", timeout=10), 404, code="model_not_found")
