@@ -1,0 +1,170 @@
+"""The OpenAPI 3.1 document for every HTTP route, served at /openapi.json.
+
+Request bodies come from the same msgspec structs that decode them, so the document cannot
+drift from what the service accepts; `tests/test_openapi.py` checks that every route of the
+app is described and that deploy/postman_collection.json was generated from this document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from service import SERVICE_VERSION
+from service.routes.models import RegisterModelRequest
+from service.schemas import ChatCompletionRequest, CompletionRequest
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    request: type | None = None
+    success: int = 200
+    errors: tuple[int, ...] = ()
+    example: dict | None = None
+
+
+_CHAT_EXAMPLE = {
+    "model": "SmolLM2-135M-Instruct",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "temperature": 0,
+    "max_tokens": 32,
+}
+_COMPLETION_EXAMPLE = {"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 8}
+_GENERATION_ERRORS = (400, 404, 429, 503)
+
+OPERATIONS: list[Operation] = [
+    Operation("GET", "/livez", "Liveness: the process answers"),
+    Operation("GET", "/readyz", "Readiness: a model can serve requests (503 while none can)", errors=(503,)),
+    Operation("GET", "/v1/models", "List models with their status"),
+    Operation(
+        "POST",
+        "/v1/models",
+        "Register a model (converted folder, GGUF file or checkpoint folder); converts and loads in the background",
+        RegisterModelRequest,
+        success=202,
+        errors=(400, 409),
+        example={"id": "my-model", "source": "/models/my-model.gguf", "max_context": 2048},
+    ),
+    Operation("GET", "/v1/models/{model_id}", "One model: status, conversion progress, error", errors=(404,)),
+    Operation("DELETE", "/v1/models/{model_id}", "Unload a model; requests in flight finish first", errors=(404,)),
+    Operation(
+        "POST",
+        "/v1/chat/completions",
+        "Chat completion, whole or streamed as server-sent events",
+        ChatCompletionRequest,
+        errors=_GENERATION_ERRORS,
+        example=_CHAT_EXAMPLE,
+    ),
+    Operation(
+        "POST",
+        "/v1/completions",
+        "Text completion; echo with logprobs scores the prompt",
+        CompletionRequest,
+        errors=_GENERATION_ERRORS,
+        example=_COMPLETION_EXAMPLE,
+    ),
+    Operation("GET", "/openapi.json", "This document"),
+]
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
+    requests = [operation.request for operation in operations if operation.request is not None]
+    schemas, components = msgspec.json.schema_components(requests, ref_template="#/components/schemas/{name}")
+    by_type = dict(zip(requests, schemas, strict=True))
+    paths: dict[str, dict] = {}
+    for operation in operations:
+        entry: dict = {
+            "summary": operation.summary,
+            "operationId": f"{operation.method.lower()}_{operation.path.strip('/').replace('/', '_').replace('{', '').replace('}', '').replace('.', '_')}",
+            "responses": {
+                str(operation.success): {"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}},
+                **{
+                    str(status): {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                    for status in operation.errors
+                },
+            },
+        }
+        if "{model_id}" in operation.path:
+            entry["parameters"] = [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if operation.request is not None:
+            media = {"schema": by_type[operation.request]}
+            if operation.example is not None:
+                media["example"] = operation.example
+            entry["requestBody"] = {"required": True, "content": {"application/json": media}}
+        if operation.request in (ChatCompletionRequest, CompletionRequest):
+            entry["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+        paths.setdefault(operation.path, {})[operation.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "llm-service", "version": SERVICE_VERSION, "description": "OpenAI-compatible inference for small local models"},
+        "paths": paths,
+        "components": {"schemas": {**components, "Error": _ERROR_SCHEMA}},
+    }
+
+
+def postman_collection(document: dict) -> dict:
+    """A Postman v2.1 collection with one request per operation, example bodies included, and the
+    service address as the `baseUrl` variable."""
+    items = []
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            postman_path = path.replace("{model_id}", ":model_id")
+            request: dict = {
+                "method": method.upper(),
+                "header": [{"key": "Content-Type", "value": "application/json"}],
+                "url": {
+                    "raw": "{{baseUrl}}" + postman_path,
+                    "host": ["{{baseUrl}}"],
+                    "path": [segment for segment in postman_path.split("/") if segment],
+                },
+                "description": operation["summary"],
+            }
+            if "{model_id}" in path:
+                request["url"]["variable"] = [{"key": "model_id", "value": "SmolLM2-135M-Instruct"}]
+            example = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
+            if example is not None:
+                request["body"] = {"mode": "raw", "raw": msgspec.json.format(msgspec.json.encode(example)).decode(), "options": {"raw": {"language": "json"}}}
+            items.append({"name": f"{method.upper()} {path}", "request": request})
+    return {
+        "info": {
+            "name": "llm-service",
+            "description": "Generated from /openapi.json by `python -m service.openapi`; do not edit by hand.",
+            "schema": "https://schema.getpostman.com/json/collection/v2.1.0/collection.json",
+        },
+        "variable": [{"key": "baseUrl", "value": "http://127.0.0.1:8000"}],
+        "item": items,
+    }
+
+
+def main() -> None:
+    """Writes deploy/postman_collection.json (and prints nothing else)."""
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parent.parent / "deploy" / "postman_collection.json"
+    target.write_text(msgspec.json.format(msgspec.json.encode(postman_collection(openapi_document())), indent=2).decode() + "\n")
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()
