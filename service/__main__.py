@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from service.logs import configure_logging
 from service.settings import ModelSpec, Settings, embedded_default_model
 
 log = logging.getLogger("service")
+
+DATA_DIR_VARIABLE = "LLM_DATA_DIR"
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +38,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--models-dir", type=Path, default=defaults.models_dir, help="cache of converted models (default ./models)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get(DATA_DIR_VARIABLE) or defaults.data_dir),
+        help=f"where the sessions database lives (default ${DATA_DIR_VARIABLE}, else ./{defaults.data_dir})",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="default auto: CUDA when usable")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
@@ -85,6 +94,7 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
         port=arguments.port,
         models=models,
         models_dir=arguments.models_dir,
+        data_dir=arguments.data_dir,
         device=arguments.device,
         threads=arguments.threads,
         max_context=arguments.max_context,

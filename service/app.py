@@ -8,12 +8,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
 
 from service.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from service.openapi import openapi_document
 from service.registry import ModelRegistry
-from service.routes import chat, completions, health, models
+from service.routes import chat, completions, health, models, sessions, ws
+from service.session_store import SessionStore
 from service.settings import Settings
+
+
+async def _openapi(request) -> JSONResponse:
+    return JSONResponse(openapi_document())
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -21,10 +28,12 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
+        app.state.sessions = SessionStore.in_folder(settings.data_dir)
         for spec in settings.models:
             registry.register(spec)
         yield
         registry.close()
+        app.state.sessions.close()
 
     routes = [
         Route("/livez", health.livez, methods=["GET"]),
@@ -35,6 +44,12 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/models/{model_id:path}", models.delete_model, methods=["DELETE"]),
         Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
         Route("/v1/completions", completions.create_completion, methods=["POST"]),
+        Route("/v1/sessions", sessions.create_session, methods=["POST"]),
+        Route("/v1/sessions", sessions.list_sessions, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", sessions.get_session, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", sessions.delete_session, methods=["DELETE"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
+        WebSocketRoute("/v1/ws", ws.chat_socket),
     ]
     middleware = [
         Middleware(

@@ -74,6 +74,8 @@ class ChatCompletionRequest(GenerationOptions, kw_only=True):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    # Prepends the session's kept history and appends this turn to it (see docs/sessions.md).
+    session_id: str | None = None
 
 
 class CompletionRequest(GenerationOptions, kw_only=True):
@@ -122,3 +124,20 @@ def decode_body(body: bytes, schema: type[Struct]):
         raise APIError(400, f"invalid request: {message}", param=_param_of(message), code="invalid_value") from error
     except msgspec.DecodeError as error:
         raise APIError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from error
+
+
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, Meta(max_length=512)]
+MAX_METADATA_PAIRS = 16
+
+
+class CreateSessionRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/sessions. Metadata is bounded as OpenAI bounds it: 16 string pairs."""
+
+    title: Annotated[str, Meta(max_length=256)] | None = None
+    model: Annotated[str, Meta(min_length=1)] | None = None
+    system_prompt: str | None = None
+    # The memory limit: past turns a chat prompt keeps, by count and by tokens; null: no limit.
+    max_turns: Annotated[int, Meta(ge=0)] | None = None
+    max_tokens: Annotated[int, Meta(ge=0)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=MAX_METADATA_PAIRS)] | None = None

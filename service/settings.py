@@ -58,3 +58,5 @@ class Settings:
     # Browser origins allowed to call the API (the SPA's); loopback origins on any port by default.
     cors_origins: tuple[str, ...] = ()
     cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"
+    # Where state that outlives the process lives: the sessions database (sessions.sqlite3).
+    data_dir: Path = Path("data")

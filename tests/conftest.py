@@ -58,6 +58,8 @@ def api_server(tiny_model_dir, smollm2_model_dir, artifacts, tmp_path_factory):
         f"SmolLM2-135M-Instruct={smollm2_model_dir}",
         "--models-dir",
         str(tmp_path_factory.mktemp("models")),
+        "--data-dir",
+        str(tmp_path_factory.mktemp("data")),
         "--max-context",
         "1024",
         log_path=artifacts / "api_server.log",

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class ServiceProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         environment = dict(os.environ, PYTHONUNBUFFERED="1")
+        if "--data-dir" not in arguments:  # sessions and registry state of this server alone
+            self._data = tempfile.TemporaryDirectory(prefix="service-data-")
+            arguments = (*arguments, "--data-dir", self._data.name)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), *arguments],
             cwd=REPO,

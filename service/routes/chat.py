@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import msgspec
 from starlette.requests import Request
@@ -15,21 +16,34 @@ from service.engine import Engine, Failed, Finished, GenerationRequest, TextDelt
 from service.errors import APIError, error_body
 from service.routes import generation
 from service.routes.models import ready_model
+from service.routes.sessions import SessionHistory, session_history
 from service.schemas import ChatCompletionRequest, decode_body
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _prompt_ids(engine: Engine, body: ChatCompletionRequest) -> list[int]:
+def _prompt_ids(engine: Engine, body: ChatCompletionRequest, history: SessionHistory | None = None) -> list[int]:
+    """The templated conversation; with a session's history, its remembered turns come first."""
     folder = engine.folder
     if folder.chat_template is None:
         raise APIError(400, f"the model {body.model!r} has no chat template; use /v1/completions", param="model")
+
+    def encode(messages: list[dict]) -> list[int]:
+        try:
+            prompt = folder.chat_template.render(messages)
+        except ChatTemplateError as error:
+            raise APIError(400, str(error), param="messages") from error
+        return folder.encode(prompt)
+
     messages = [{"role": message.role, "content": message.text()} for message in body.messages]
-    try:
-        prompt = folder.chat_template.render(messages)
-    except ChatTemplateError as error:
-        raise APIError(400, str(error), param="messages") from error
-    return folder.encode(prompt)
+    if history is None:
+        return encode(messages)
+    return history.prompt_ids(engine, messages, body.max_completion_tokens or body.max_tokens, encode)
+
+
+def _answered(finished: list[Finished]) -> bool:
+    """Every choice ended as answers end (not cancelled): only then does a session keep the turn."""
+    return all(event.finish_reason != "cancelled" for event in finished)
 
 
 def _generation_request(engine: Engine, body: ChatCompletionRequest, prompt_ids: list[int]) -> GenerationRequest:
@@ -49,17 +63,31 @@ async def create_chat_completion(request: Request) -> Response:
     body = decode_body(await request.body(), ChatCompletionRequest)
     entry = ready_model(request.app.state.registry, body.model)
     engine = entry.engine
-    prompt_ids = _prompt_ids(engine, body)
+    history = await session_history(request, body.session_id) if body.session_id is not None else None
+    prompt_ids = _prompt_ids(engine, body, history)
     requests = generation.choices_of(_generation_request(engine, body, prompt_ids), body.n)
     tickets = await generation.admit(engine, requests)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse_events(engine, tickets, body.logprobs, completion_id, entry.model_id, created, include_usage, len(prompt_ids))
+        events = _sse_events(
+            engine,
+            tickets,
+            body.logprobs,
+            completion_id,
+            entry.model_id,
+            created,
+            include_usage,
+            len(prompt_ids),
+            remember=None if history is None else partial(history.append_turn, engine, body.messages),
+        )
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     choices = await generation.collect(tickets)
+    # A session keeps choice 0 when n > 1; the turn is stored before the client sees the answer.
+    if history is not None and _answered([choice.finished for choice in choices]):
+        await history.append_turn(engine, body.messages, "".join(choices[0].text))
     completion = {
         "id": completion_id,
         "object": "chat.completion",
@@ -93,10 +121,13 @@ async def _sse_events(
     created: int,
     include_usage: bool,
     prompt_tokens: int,
+    remember: Callable[[str], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bytes]:
     """OpenAI chat.completion.chunk events for every choice, ending with `data: [DONE]`.
 
     If the client goes away, Starlette stops this iterator and the engine cancels the requests.
+    `remember` gets choice 0's whole text once every choice has finished normally, before the
+    usage chunk and `[DONE]`: a stream cut short or failed leaves a session's history as it was.
     """
 
     def chunk(index: int, delta: dict, finish_reason: str | None = None, token=None) -> dict:
@@ -108,17 +139,27 @@ async def _sse_events(
     for index in range(len(tickets)):
         yield sse(chunk(index, {"role": "assistant", "content": ""}))
     finished: list[Finished] = []
+    first_answer: list[str] = []
     async for index, event in generation.merged(tickets):
         if isinstance(event, TextDelta):
+            if index == 0:
+                first_answer.append(event.text)
             if event.text or logprobs:
                 yield sse(chunk(index, {"content": event.text}, token=event.token))
         elif isinstance(event, Finished):
+            if index == 0:
+                first_answer.append(event.text)
             if event.text:
                 yield sse(chunk(index, {"content": event.text}))
             yield sse(chunk(index, {}, event.finish_reason))
             finished.append(event)
         elif isinstance(event, Failed):
             yield sse(error_body(event.message, "server_error", code=event.code))
+    if remember is not None and len(finished) == len(tickets) and _answered(finished):
+        try:
+            await remember("".join(first_answer))
+        except APIError as error:
+            yield sse(error_body(error.message, error.error_type, error.param, error.code))
     if include_usage and len(finished) == len(tickets):
         usage_chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
         usage_chunk["choices"] = []
