@@ -13,7 +13,7 @@ import msgspec
 
 from service import SERVICE_VERSION
 from service.routes.models import RegisterModelRequest
-from service.schemas import ChatCompletionRequest, CompletionRequest
+from service.schemas import ChatCompletionRequest, CompletionRequest, CreateSessionRequest
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,18 @@ OPERATIONS: list[Operation] = [
         errors=_GENERATION_ERRORS,
         example=_COMPLETION_EXAMPLE,
     ),
+    Operation(
+        "POST",
+        "/v1/sessions",
+        "Create a chat session (history kept in SQLite; chat with session_id uses and extends it)",
+        CreateSessionRequest,
+        success=201,
+        errors=(400,),
+        example={"title": "Trip planning", "system_prompt": "You are a concise assistant.", "max_turns": 20},
+    ),
+    Operation("GET", "/v1/sessions", "List sessions, newest first; ?q= searches past messages, ?limit and ?after page", errors=(400,)),
+    Operation("GET", "/v1/sessions/{session_id}", "One session with its messages", errors=(404,)),
+    Operation("DELETE", "/v1/sessions/{session_id}", "Delete a session and its messages", errors=(404,)),
     Operation("GET", "/openapi.json", "This document"),
 ]
 
@@ -105,8 +117,9 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
                 },
             },
         }
-        if "{model_id}" in operation.path:
-            entry["parameters"] = [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+        for name in ("model_id", "session_id"):
+            if "{" + name + "}" in operation.path:
+                entry["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
         if operation.request is not None:
             media = {"schema": by_type[operation.request]}
             if operation.example is not None:
@@ -129,7 +142,7 @@ def postman_collection(document: dict) -> dict:
     items = []
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
-            postman_path = path.replace("{model_id}", ":model_id")
+            postman_path = path.replace("{model_id}", ":model_id").replace("{session_id}", ":session_id")
             request: dict = {
                 "method": method.upper(),
                 "header": [{"key": "Content-Type", "value": "application/json"}],
@@ -142,6 +155,8 @@ def postman_collection(document: dict) -> dict:
             }
             if "{model_id}" in path:
                 request["url"]["variable"] = [{"key": "model_id", "value": "SmolLM2-135M-Instruct"}]
+            if "{session_id}" in path:
+                request["url"]["variable"] = [{"key": "session_id", "value": "sess_..."}]
             example = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
             if example is not None:
                 request["body"] = {"mode": "raw", "raw": msgspec.json.format(msgspec.json.encode(example)).decode(), "options": {"raw": {"language": "json"}}}
