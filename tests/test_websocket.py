@@ -178,9 +178,10 @@ def chat_message(**fields) -> str:
         (chat_message(id="x", messages=[]), "x", "messages", "invalid_value"),
         ('{"type": "cancel", "id": "never-sent"}', "never-sent", "id", "request_not_found"),
         (json.dumps({"type": "ping", "padding": "x" * (1024 * 1024)}), None, None, "message_too_large"),
+        (chat_message(id="x", session_id="sess_1"), "x", "session_id", "unsupported_parameter"),
     ],
     ids=["invalid-json", "unknown-type", "missing-type", "missing-id", "temperature-5", "unknown-model", "no-messages",
-         "cancel-unknown-id", "too-large"],
+         "cancel-unknown-id", "too-large", "session-id"],
 )
 def test_a_bad_message_is_answered_with_an_error_event_and_the_socket_stays_open(api_server, message, request_id, param, code):
     with open_socket(api_server) as socket:

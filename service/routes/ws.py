@@ -137,6 +137,11 @@ class ChatSocket:
                 "wait for one to end", code="too_many_requests",
             )
         body = decode_body(data, ChatCompletionRequest)
+        if body.session_id is not None:
+            raise APIError(
+                400, "session_id is not supported over WebSocket yet; use POST /v1/chat/completions",
+                param="session_id", code="unsupported_parameter",
+            )
         entry = ready_model(self.registry, body.model)
         prompt_ids = chat._prompt_ids(entry.engine, body)
         requests = generation.choices_of(chat._generation_request(entry.engine, body, prompt_ids), body.n)
