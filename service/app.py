@@ -14,6 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 from service.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
 from service.openapi import openapi_document
 from service.registry import ModelRegistry
+from service.registry_store import RegistryStore
 from service.routes import chat, completions, health, models, sessions, ws
 from service.session_store import SessionStore
 from service.settings import Settings
@@ -29,10 +30,13 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette):
         app.state.sessions = SessionStore.in_folder(settings.data_dir)
+        registry.store = RegistryStore.in_folder(settings.data_dir)
         for spec in settings.models:
             registry.register(spec)
+        registry.restore()
         yield
         registry.close()
+        registry.store.close()
         app.state.sessions.close()
 
     routes = [

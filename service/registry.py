@@ -95,16 +95,19 @@ class ModelRegistry:
         self.settings = settings
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
+        self.store = None  # a RegistryStore: models registered through the API outlive a restart
 
-    def register(self, spec: ModelSpec, options: ModelOptions = ModelOptions()) -> ModelEntry:
+    def register(self, spec: ModelSpec, options: ModelOptions = ModelOptions(), remember: bool = False) -> ModelEntry:
         """Adds a model and loads it in the background (converting a GGUF or checkpoint first).
-        Raises ValueError when the id is taken."""
+        `remember` keeps it in the store for later starts. Raises ValueError when the id is taken."""
         model_id = spec.model_id or (spec.source.stem if spec.source.is_file() else spec.source.name)
         entry = ModelEntry(model_id, spec.source, options)
         with self._lock:
             if model_id in self._entries:
                 raise ValueError(f"a model with id {model_id!r} is already registered")
             self._entries[model_id] = entry
+        if remember and self.store is not None:
+            self.store.save(ModelSpec(spec.source, model_id), options, entry.created)
         threading.Thread(target=self._load, args=(entry,), name=f"load:{model_id}", daemon=True).start()
         return entry
 
@@ -112,10 +115,23 @@ class ModelRegistry:
         """Takes the model out now; its engine drains and closes in the background."""
         with self._lock:
             entry = self._entries.pop(model_id, None)
+        if entry is not None and self.store is not None:
+            self.store.delete(model_id)
         if entry is not None and entry.engine is not None:
             engine, entry.engine = entry.engine, None
             threading.Thread(target=engine.close, args=(UNLOAD_DRAIN_SECONDS,), name=f"unload:{model_id}", daemon=True).start()
         return entry
+
+    def restore(self) -> None:
+        """Registers again what the API registered before a restart; an id the command line
+        already uses keeps the command line's model."""
+        if self.store is None:
+            return
+        for spec, options in self.store.load():
+            if spec.model_id in self._entries:
+                log.warning("a stored model's id is taken by the command line; keeping the command line's", extra={"model": spec.model_id})
+                continue
+            self.register(spec, options)
 
     def get(self, model_id: str) -> ModelEntry | None:
         return self._entries.get(model_id)

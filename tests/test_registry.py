@@ -117,3 +117,31 @@ def test_bad_registrations_are_refused_naming_the_field(server, tiny_model_dir, 
 
 def test_unloading_an_unknown_model_is_a_404(server):
     assert_error(httpx.delete(f"{server.url}/v1/models/nope", timeout=10), 404, code="model_not_found")
+
+
+def test_models_registered_through_the_api_come_back_after_a_restart_and_deleted_ones_do_not(
+    tiny_model_dir, artifacts, tmp_path
+):
+    def start() -> ServiceProcess:
+        return ServiceProcess(
+            "--model", f"tiny={tiny_model_dir}", "--data-dir", str(tmp_path / "data"),
+            log_path=artifacts / "registry_restart.log",
+        )
+
+    first = start()
+    try:
+        register(first, id="kept", source=str(tiny_model_dir), max_context=64)
+        register(first, id="dropped", source=str(tiny_model_dir))
+        wait_settled(first, "kept"), wait_settled(first, "dropped")
+        httpx.delete(f"{first.url}/v1/models/dropped", timeout=10)
+    finally:
+        first.stop()
+    second = start()
+    try:
+        kept = wait_settled(second, "kept")
+        ids = {model["id"] for model in httpx.get(f"{second.url}/v1/models", timeout=10).json()["data"]}
+    finally:
+        second.stop()
+
+    assert kept["status"] == "ready" and kept["context_length"] == 64
+    assert ids == {"tiny", "kept"}

@@ -86,7 +86,7 @@ async def register_model(request: Request) -> JSONResponse:
         raise APIError(400, f"the source {body.source!r} does not exist on the server", param="source")
     options = ModelOptions(body.quant, body.activations, body.max_context, body.max_batch, body.device)
     try:
-        entry = registry.register(ModelSpec(source, body.id), options)
+        entry = registry.register(ModelSpec(source.resolve(), body.id), options, remember=True)
     except ValueError as error:
         raise APIError(409, str(error), param="id", code="model_exists") from error
     return JSONResponse(describe(entry), status_code=202)
