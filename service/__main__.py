@@ -79,6 +79,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "with the reason (default: no limit)",
     )
     parser.add_argument(
+        "--sse-keepalive",
+        type=float,
+        default=defaults.sse_keepalive,
+        help=f"seconds of silence after which a stream gets an SSE keep-alive comment (default {defaults.sse_keepalive:g})",
+    )
+    parser.add_argument(
         "--cors-origin", action="append", default=[], help="a browser origin allowed to call the API (repeatable); "
         "loopback origins are always allowed",
     )
@@ -102,6 +108,7 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
         max_waiting=arguments.max_waiting,
         queue_timeout=arguments.queue_timeout,
         memory_budget_mb=arguments.memory_budget_mb,
+        sse_keepalive=arguments.sse_keepalive,
         cors_origins=tuple(arguments.cors_origin),
     )
 

@@ -55,6 +55,8 @@ class Settings:
     queue_timeout: float = 60.0
     # Megabytes all loaded models may take (weights plus full KV caches); 0: no limit.
     memory_budget_mb: int = 0
+    # Seconds of silence after which an SSE stream gets a keep-alive comment.
+    sse_keepalive: float = 10.0
     # Browser origins allowed to call the API (the SPA's); loopback origins on any port by default.
     cors_origins: tuple[str, ...] = ()
     cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"

@@ -167,3 +167,18 @@ def test_a_request_that_cannot_get_a_slot_in_time_is_a_503(one_slot_server):
 
     assert_error(waited, 503, code="queue_timeout")
     assert int(waited.headers["retry-after"]) > 0
+
+
+def test_a_quiet_stream_gets_keep_alive_comments_and_stays_valid(smollm2_model_dir, artifacts):
+    server = ServiceProcess(
+        "--model", f"{SMOL}={smollm2_model_dir}", "--sse-keepalive", "0.02", log_path=artifacts / "keepalive_server.log"
+    )
+    try:
+        long_question = [{"role": "user", "content": "Summarize: " + "The river town grew slowly. " * 120}]
+        response = chat(server, model=SMOL, messages=long_question, max_tokens=4, stream=True, temperature=0)
+    finally:
+        server.stop()
+    blocks = [block for block in response.text.split("\n\n") if block.strip()]
+
+    assert ": keep-alive" in blocks  # sent while the 700-token prompt was prefilling
+    assert all(block == ": keep-alive" or block.startswith("data: ") for block in blocks) and blocks[-1] == "data: [DONE]"

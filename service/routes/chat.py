@@ -81,6 +81,7 @@ async def create_chat_completion(request: Request) -> Response:
             include_usage,
             len(prompt_ids),
             remember=None if history is None else partial(history.append_turn, engine, body.messages),
+            keepalive=request.app.state.settings.sse_keepalive,
         )
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -122,6 +123,7 @@ async def _sse_events(
     include_usage: bool,
     prompt_tokens: int,
     remember: Callable[[str], Awaitable[None]] | None = None,
+    keepalive: float | None = None,
 ) -> AsyncIterator[bytes]:
     """OpenAI chat.completion.chunk events for every choice, ending with `data: [DONE]`.
 
@@ -140,8 +142,10 @@ async def _sse_events(
         yield sse(chunk(index, {"role": "assistant", "content": ""}))
     finished: list[Finished] = []
     first_answer: list[str] = []
-    async for index, event in generation.merged(tickets):
-        if isinstance(event, TextDelta):
+    async for index, event in generation.merged(tickets, keepalive):
+        if event is None:
+            yield generation.KEEPALIVE
+        elif isinstance(event, TextDelta):
             if index == 0:
                 first_answer.append(event.text)
             if event.text or logprobs:

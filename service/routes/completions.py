@@ -85,7 +85,10 @@ async def create_completion(request: Request) -> Response:
     echoes = [_prompt_text(engine, body, index // body.n, prompts[index // body.n]) if body.echo else "" for index in range(len(requests))]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse_events(engine, body, tickets, echoes, completion_id, entry.model_id, created, include_usage, prompt_tokens)
+        events = _sse_events(
+            engine, body, tickets, echoes, completion_id, entry.model_id, created, include_usage, prompt_tokens,
+            request.app.state.settings.sse_keepalive,
+        )
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     choices = await generation.collect(tickets)
@@ -118,6 +121,7 @@ async def _sse_events(
     created: int,
     include_usage: bool,
     prompt_tokens: int,
+    keepalive: float | None = None,
 ) -> AsyncIterator[bytes]:
     def chunk(index: int, text: str, finish_reason: str | None = None, tokens=None) -> dict:
         logprobs = generation.completion_logprobs(engine, tokens) if body.logprobs is not None and tokens else None
@@ -126,7 +130,10 @@ async def _sse_events(
 
     finished: list[Finished] = []
     echoed = set()
-    async for index, event in generation.merged(tickets):
+    async for index, event in generation.merged(tickets, keepalive):
+        if event is None:
+            yield generation.KEEPALIVE
+            continue
         if body.echo and index not in echoed and not isinstance(event, PromptScores):
             echoed.add(index)
             yield sse(chunk(index, echoes[index]))

@@ -124,8 +124,15 @@ async def collect(tickets: list[Ticket]) -> list[Choice]:
             ticket.cancel()
 
 
-async def merged(tickets: list[Ticket]) -> AsyncIterator[tuple[int, object]]:
-    """(choice index, event) from every ticket as they come; cancels them all when left early."""
+# The SSE comment sent when a stream has been quiet for --sse-keepalive seconds (a long prompt
+# prefilling): proxies and clients with read timeouts keep the connection, and a vanished
+# client is noticed.
+KEEPALIVE = b": keep-alive\n\n"
+
+
+async def merged(tickets: list[Ticket], keepalive: float | None = None) -> AsyncIterator[tuple[int, object]]:
+    """(choice index, event) from every ticket as they come; cancels them all when left early.
+    With `keepalive`, (-1, None) comes whenever that many seconds pass without an event."""
     queue: asyncio.Queue[tuple[int, object] | None] = asyncio.Queue()
 
     async def pump(index: int, ticket: Ticket) -> None:
@@ -137,7 +144,11 @@ async def merged(tickets: list[Ticket]) -> AsyncIterator[tuple[int, object]]:
     remaining = len(tasks)
     try:
         while remaining:
-            item = await queue.get()
+            try:
+                item = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                yield -1, None
+                continue
             if item is None:
                 remaining -= 1
                 continue
