@@ -141,6 +141,24 @@ def test_official_openai_client_chats_and_streams(api_server):
     assert whole.choices[0].message.content == "".join(pieces) and "Paris" in whole.choices[0].message.content
 
 
+def test_official_openai_client_completes_text_with_logprobs_and_lists_models(api_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{api_server.url}/v1", api_key="unused")
+    completion = client.completions.create(model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2)
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in client.completions.create(model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0, stream=True)
+        if chunk.choices
+    )
+    scored = client.completions.create(model=SMOL, prompt="The capital of France is Paris", max_tokens=0, echo=True, logprobs=0)
+
+    assert "Paris" in completion.choices[0].text and completion.choices[0].text == streamed
+    assert len(completion.choices[0].logprobs.top_logprobs[0]) == 2
+    assert scored.choices[0].logprobs.token_logprobs[0] is None and all(value < 0 for value in scored.choices[0].logprobs.token_logprobs[1:])
+    assert {model.id for model in client.models.list()} == {"tiny", SMOL}
+
+
 def test_cors_allows_the_spa_on_another_loopback_port(api_server):
     response = httpx.options(
         f"{api_server.url}/v1/chat/completions",
