@@ -1,0 +1,223 @@
+"""Concurrent streaming load against an OpenAI-compatible server on this machine.
+
+    .venv/bin/python -m bench.http_load --url http://127.0.0.1:PORT [--streams 1,4,8,16] [--endpoint chat]
+
+N streams start together, each asking for exactly `max_tokens` tokens (`ignore_eos`, which llama-server,
+vLLM and our service accept), and the run measures generated tokens per second over all streams,
+each stream's decode rate and its time to first token. Every run is bounded in time, and only
+loopback addresses are accepted as targets: this is a benchmark, not a load tool for other hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
+
+import httpx
+
+PROMPT = "Write a long story about the history of an old city and the people who lived in it."
+
+
+class NotLoopbackError(ValueError):
+    """The target is not an address on this machine."""
+
+
+@dataclass
+class StreamResult:
+    tokens: int = 0
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        if self.first_token_s is None or self.tokens < 2 or self.total_s <= self.first_token_s:
+            return None
+        return (self.tokens - 1) / (self.total_s - self.first_token_s)
+
+
+@dataclass
+class LoadResult:
+    """One concurrency level: what all streams together achieved, and what a typical stream saw."""
+
+    streams: int
+    completed: int
+    aggregate_tok_s: float
+    mean_stream_decode_tok_s: float | None
+    mean_first_token_s: float | None
+    max_first_token_s: float | None
+    wall_s: float
+    tokens: int
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.completed == self.streams and not self.errors
+
+
+def require_loopback(url: str) -> None:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise NotLoopbackError(f"{url}: only loopback targets (127.0.0.0/8, ::1, localhost) may be loaded")
+
+
+def request_body(endpoint: str, model: str, max_tokens: int) -> dict:
+    body = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    if endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    else:
+        body["prompt"] = PROMPT
+    return body
+
+
+def _chunk_tokens(chunk: dict) -> int:
+    """Tokens a streamed chunk carries when the server sends no usage: one per non-empty delta."""
+    count = 0
+    for choice in chunk.get("choices") or []:
+        text = choice.get("text") or (choice.get("delta") or {}).get("content")
+        count += 1 if text else 0
+    return count
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> StreamResult:
+    result = StreamResult()
+    counted = 0
+    reported = None
+    started = time.perf_counter()
+    try:
+        async with client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                detail = (await response.aread()).decode(errors="replace")[:200]
+                result.error = f"HTTP {response.status_code}: {detail}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    result.error = f"stream error: {json.dumps(chunk['error'])[:200]}"
+                    break
+                new_tokens = _chunk_tokens(chunk)
+                if new_tokens and result.first_token_s is None:
+                    result.first_token_s = time.perf_counter() - started
+                counted += new_tokens
+                if chunk.get("usage"):
+                    reported = chunk["usage"].get("completion_tokens")
+    except (httpx.HTTPError, json.JSONDecodeError) as error:
+        result.error = f"{type(error).__name__}: {error}"
+    result.total_s = time.perf_counter() - started
+    result.tokens = reported if reported is not None else counted
+    return result
+
+
+async def first_model(client: httpx.AsyncClient, base_url: str) -> str:
+    response = await client.get(f"{base_url}/v1/models")
+    response.raise_for_status()
+    return response.json()["data"][0]["id"]
+
+
+async def run_level(
+    client: httpx.AsyncClient, base_url: str, endpoint: str, model: str, streams: int, max_tokens: int, timeout: float
+) -> LoadResult:
+    url = f"{base_url}/v1/chat/completions" if endpoint == "chat" else f"{base_url}/v1/completions"
+    body = request_body(endpoint, model, max_tokens)
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(one_stream(client, url, body)) for _ in range(streams)]
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    wall = time.perf_counter() - started
+    results = [task.result() for task in done]
+    errors = [result.error for result in results if result.error]
+    errors += [f"stream unfinished after {timeout:.0f} s"] * len(pending)
+    short = [result for result in results if not result.error and result.tokens != max_tokens]
+    errors += [f"stream returned {result.tokens} of {max_tokens} tokens" for result in short]
+    finished = [result for result in results if not result.error]
+    rates = [rate for rate in (result.decode_tok_s for result in finished) if rate is not None]
+    firsts = [result.first_token_s for result in finished if result.first_token_s is not None]
+    tokens = sum(result.tokens for result in finished)
+    return LoadResult(
+        streams=streams,
+        completed=len(finished),
+        aggregate_tok_s=tokens / wall,
+        mean_stream_decode_tok_s=statistics.mean(rates) if rates else None,
+        mean_first_token_s=statistics.mean(firsts) if firsts else None,
+        max_first_token_s=max(firsts) if firsts else None,
+        wall_s=wall,
+        tokens=tokens,
+        errors=errors,
+    )
+
+
+async def run_levels(
+    base_url: str,
+    levels: tuple[int, ...] = (1, 4, 8, 16),
+    endpoint: str = "chat",
+    max_tokens: int = 128,
+    timeout_per_level: float = 300,
+    attempts: int = 2,
+) -> list[LoadResult]:
+    """Each level after a short warm-up request, one level at a time, each bounded by its timeout.
+
+    Each level runs `attempts` times and keeps the fastest complete attempt: on a shared machine a
+    burst of someone else's work slows one attempt, rarely all of them.
+    """
+    require_loopback(base_url)
+    limits = httpx.Limits(max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_per_level, connect=10), limits=limits) as client:
+        model = await first_model(client, base_url)
+        await run_level(client, base_url, endpoint, model, 1, 8, timeout_per_level)
+        results = []
+        for streams in levels:
+            tries = [
+                await run_level(client, base_url, endpoint, model, streams, max_tokens, timeout_per_level)
+                for _ in range(attempts)
+            ]
+            results.append(max(tries, key=lambda result: (result.ok, result.aggregate_tok_s)))
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", required=True, help="base URL on loopback, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--streams", default="1,4,8,16", help="concurrency levels, comma-separated")
+    parser.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--timeout", type=float, default=300, help="seconds allowed for each level")
+    parser.add_argument("--attempts", type=int, default=2, help="runs per level; the fastest complete one counts")
+    arguments = parser.parse_args()
+    levels = tuple(int(level) for level in arguments.streams.split(","))
+    results = asyncio.run(
+        run_levels(
+            arguments.url.rstrip("/"), levels, arguments.endpoint, arguments.max_tokens, arguments.timeout,
+            arguments.attempts,
+        )
+    )
+    for result in results:
+        print(json.dumps(asdict(result)))
+
+
+if __name__ == "__main__":
+    main()

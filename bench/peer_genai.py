@@ -1,0 +1,83 @@
+"""onnxruntime-genai single-stream speed; runs in .cache/bench/genai-venv and prints one JSON line.
+
+    genai-venv/bin/python bench/peer_genai.py --model GENAI_FOLDER --text FILLER
+
+Measured like bench/engine_speed.py: greedy, a fixed number of new tokens whatever the model
+predicts (min_length holds end-of-sequence back), prompts cut from the same repeated text to the
+same token counts, best of a few runs, peak RSS of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import onnxruntime_genai as og
+
+
+def measure(model: og.Model, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
+    """(seconds to the first token, decode tokens per second after it, tokens generated)."""
+    params = og.GeneratorParams(model)
+    length = len(prompt) + new_tokens
+    params.set_search_options(do_sample=False, max_length=length, min_length=length)
+    generator = og.Generator(model, params)
+    started = time.perf_counter()
+    generator.append_tokens(prompt)
+    first = None
+    count = 0
+    while count < new_tokens and not generator.is_done():
+        generator.generate_next_token()
+        generator.get_next_tokens()
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+    finished = time.perf_counter()
+    return first - started, (count - 1) / (finished - first), count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--text", required=True, help="filler text, repeated and cut to each prompt length")
+    parser.add_argument("--prompt-tokens", default="32,640")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args()
+
+    started = time.perf_counter()
+    config = og.Config(arguments.model)
+    threads = {"intra_op_num_threads": arguments.threads, "inter_op_num_threads": 1}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": threads}}}))
+    model = og.Model(config)
+    tokenizer = og.Tokenizer(model)
+    load_seconds = time.perf_counter() - started
+
+    def prompt_of(tokens: int) -> list[int]:
+        return [int(token) for token in tokenizer.encode(arguments.text * (tokens // 10 + 1))[:tokens]]
+
+    measure(model, prompt_of(32), 8)  # warm-up
+    prompts = []
+    for tokens in (int(count) for count in arguments.prompt_tokens.split(",")):
+        prompt = prompt_of(tokens)
+        runs = [measure(model, prompt, arguments.new_tokens) for _ in range(arguments.repeats)]
+        prompts.append({
+            "prompt_tokens": len(prompt),
+            "first_token_s": min(run[0] for run in runs),
+            "decode_tok_s": max(run[1] for run in runs),
+            "generated_tokens": min(run[2] for run in runs),
+        })
+    print(json.dumps({
+        "engine": "onnxruntime-genai",
+        "version": og.__version__,
+        "threads": arguments.threads,
+        "load_s": load_seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "prompts": prompts,
+    }))
+
+
+if __name__ == "__main__":
+    main()

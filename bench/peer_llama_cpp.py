@@ -1,0 +1,84 @@
+"""llama.cpp single-stream speed via llama-cpp-python; runs in .cache/bench/llama-venv, prints one JSON line.
+
+    llama-venv/bin/python bench/peer_llama_cpp.py --model MODEL.gguf --text FILLER
+
+Measured like bench/engine_speed.py: greedy, a fixed number of new tokens (Llama.generate never
+stops at end-of-sequence by itself), prompts cut from the same repeated text to the same token
+counts, best of a few runs, peak RSS of this process. The KV cache is reset before every run, so
+no run reuses another's prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import llama_cpp
+
+
+def measure(llm: llama_cpp.Llama, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
+    """(seconds to the first token, decode tokens per second after it, tokens generated)."""
+    llm.reset()
+    started = time.perf_counter()
+    first = None
+    count = 0
+    for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+        if count == new_tokens:
+            break
+    finished = time.perf_counter()
+    return first - started, (count - 1) / (finished - first), count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--text", required=True, help="filler text, repeated and cut to each prompt length")
+    parser.add_argument("--prompt-tokens", default="32,640")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args()
+
+    started = time.perf_counter()
+    llm = llama_cpp.Llama(
+        model_path=arguments.model,
+        n_ctx=2048,
+        n_batch=1024,
+        n_threads=arguments.threads,
+        n_threads_batch=arguments.threads,
+        verbose=False,
+    )
+    load_seconds = time.perf_counter() - started
+
+    def prompt_of(tokens: int) -> list[int]:
+        text = (arguments.text * (tokens // 10 + 1)).encode()
+        return llm.tokenize(text, add_bos=False, special=False)[:tokens]
+
+    measure(llm, prompt_of(32), 8)  # warm-up
+    prompts = []
+    for tokens in (int(count) for count in arguments.prompt_tokens.split(",")):
+        prompt = prompt_of(tokens)
+        runs = [measure(llm, prompt, arguments.new_tokens) for _ in range(arguments.repeats)]
+        prompts.append({
+            "prompt_tokens": len(prompt),
+            "first_token_s": min(run[0] for run in runs),
+            "decode_tok_s": max(run[1] for run in runs),
+            "generated_tokens": min(run[2] for run in runs),
+        })
+    print(json.dumps({
+        "engine": "llama.cpp",
+        "version": llama_cpp.__version__,
+        "threads": arguments.threads,
+        "load_s": load_seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "prompts": prompts,
+    }))
+
+
+if __name__ == "__main__":
+    main()
