@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-OURS = "this engine"
-OURS_INT8 = "this engine, --activations int8"
+OURS = "this engine (service default, int8 activations)"
+OURS_EXACT = "this engine, --activations fp32 (exact)"
 LLAMA_CPP = "llama.cpp"
 GENAI = "onnxruntime-genai"
 OUR_SERVICE = "this service"
@@ -210,10 +210,11 @@ def render(results: dict) -> str:
         "- Prompts: the same filler text as `bench/engine_speed.py`, repeated and cut to 32 and 640 tokens. All "
         "three tokenizers read the same GGUF vocabulary, so the prompts are the same token ids.",
         "- This engine: `bench/peer_engine.py`, which reuses `bench/engine_speed.py`'s measurement on the "
-        "converted folder the service uses (`--quant keep --activations fp32`: the GGUF's own Q4_1 blocks, "
-        "float32 activations, transformers' logits reproduced). The `--activations int8` row is the same blocks "
-        "with ONNX Runtime quantizing activations to int8 per block, which costs about 3% perplexity "
-        "(docs/conversion.md); the targets are computed on the exact default.",
+        "folder the service converts by default: the GGUF's own Q4_1 blocks re-packed without loss, with "
+        "ONNX Runtime quantizing activations to int8 per block of 32, as llama.cpp quantizes them for its own "
+        "dot products (about 3% perplexity against float32 activations, docs/conversion.md). The targets use "
+        "this row and this service as it runs by default. The `--activations fp32` row keeps activations in "
+        "float32 and reproduces transformers' logits; ONNX Runtime has no fast batched kernel for it.",
         "- llama.cpp: llama-cpp-python built from its sdist as a CPU wheel with `-DGGML_NATIVE=ON` (tuned for this "
         "CPU, fine for a same-machine comparison), in `.cache/bench/llama-venv`; `bench/peer_llama_cpp.py` "
         "drives `Llama.generate` on the GGUF as is (Q4_1), n_ctx 2048, n_batch 1024.",

@@ -72,6 +72,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"seconds a request may wait for a slot before a 503 (default {defaults.queue_timeout:g})",
     )
     parser.add_argument(
+        "--activations",
+        choices=("int8", "fp32"),
+        default=defaults.activations,
+        help="how models the service converts treat activations in quantized matmuls: int8 blocks, as llama.cpp "
+        "does (fast, batches well), or fp32 (reproduces transformers exactly; slow for batches) "
+        f"(default {defaults.activations}; folders converted already keep theirs)",
+    )
+    parser.add_argument(
         "--memory-budget-mb",
         type=int,
         default=defaults.memory_budget_mb,
@@ -108,6 +116,7 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
         max_waiting=arguments.max_waiting,
         queue_timeout=arguments.queue_timeout,
         memory_budget_mb=arguments.memory_budget_mb,
+        activations=arguments.activations,
         sse_keepalive=arguments.sse_keepalive,
         cors_origins=tuple(arguments.cors_origin),
     )

@@ -40,7 +40,7 @@ class ModelOptions:
     """Per-model settings a registration may give; None takes the service's default."""
 
     quant: str = "keep"
-    activations: str = "fp32"
+    activations: str | None = None
     max_context: int | None = None
     max_batch: int | None = None
     device: str | None = None
@@ -194,5 +194,5 @@ class ModelRegistry:
         if source.is_dir() and (source / "manifest.json").is_file():
             return source
         entry.status = CONVERTING
-        conversion = ConversionOptions(quant=entry.options.quant, activations=entry.options.activations)
+        conversion = ConversionOptions(quant=entry.options.quant, activations=entry.options.activations or self.settings.activations)
         return cached_conversion(source, self.settings.models_dir, conversion, _EntryProgress(entry))

@@ -53,6 +53,10 @@ class Settings:
     max_batch: int = 8
     max_waiting: int = 64
     queue_timeout: float = 60.0
+    # How the service converts GGUF files and checkpoints it is given: int8 activations, as
+    # llama.cpp's own dot products use (ORT's batched kernels need them: about 4x the tokens per
+    # second at 8 streams), or fp32 for transformers' logits exactly (converter/convert.py).
+    activations: str = "int8"
     # Megabytes all loaded models may take (weights plus full KV caches); 0: no limit.
     memory_budget_mb: int = 0
     # Seconds of silence after which an SSE stream gets a keep-alive comment.

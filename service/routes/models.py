@@ -24,7 +24,7 @@ class RegisterModelRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     id: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
     source: Annotated[str, Meta(min_length=1)]  # a path on the server
     quant: Literal["keep", "fp32", "fp16", "int8", "int4"] = "keep"
-    activations: Literal["fp32", "int8"] = "fp32"
+    activations: Literal["fp32", "int8"] | None = None  # None: the service's --activations
     max_context: Annotated[int, Meta(ge=16, le=1_048_576)] | None = None
     max_batch: Annotated[int, Meta(ge=1, le=256)] | None = None
     device: Literal["auto", "cpu", "cuda"] | None = None
