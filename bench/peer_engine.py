@@ -9,14 +9,13 @@ a process of its own so that peak RSS is the engine's alone, as it is for each p
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import time
 from pathlib import Path
 
 import onnxruntime as ort
 
 from bench.engine_speed import REPO, measure, prompt_of
+from bench.peer_report import measure_prompts, print_result
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
 from service.generator import Generator, ModelShape
@@ -46,26 +45,22 @@ def main() -> None:
     load_seconds = time.perf_counter() - started
     measure(generator, prompt_of(folder, 32), 8)  # warm-up
 
-    prompts = []
-    for tokens in (int(count) for count in arguments.prompt_tokens.split(",")):
-        prompt = prompt_of(folder, tokens)
-        runs = [measure(generator, prompt, arguments.new_tokens) for _ in range(arguments.repeats)]
-        prompts.append({
-            "prompt_tokens": len(prompt),
-            "first_token_s": min(run[0] for run in runs),
-            "decode_tok_s": max(run[1] for run in runs),
-            "generated_tokens": arguments.new_tokens,
-        })
-    print(json.dumps({
-        "engine": "this engine",
-        "version": ort.__version__,
-        "model_folder": str(path),
-        "model_folder_mib": sum(file.stat().st_size for file in path.iterdir() if file.is_file()) / 2**20,
-        "threads": arguments.threads,
-        "load_s": load_seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "prompts": prompts,
-    }))
+    prompts = measure_prompts(
+        lambda prompt, new_tokens: measure(generator, prompt, new_tokens),
+        lambda tokens: prompt_of(folder, tokens),
+        arguments.prompt_tokens,
+        arguments.new_tokens,
+        arguments.repeats,
+    )
+    print_result(
+        "this engine",
+        ort.__version__,
+        arguments.threads,
+        load_seconds,
+        prompts,
+        model_folder=str(path),
+        model_folder_mib=sum(file.stat().st_size for file in path.iterdir() if file.is_file()) / 2**20,
+    )
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ same token counts, best of a few runs, peak RSS of this process.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import time
 
 import onnxruntime_genai as og
+from peer_report import measure_prompts, print_result
 
 
 def measure(model: og.Model, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
@@ -59,24 +58,14 @@ def main() -> None:
         return [int(token) for token in tokenizer.encode(arguments.text * (tokens // 10 + 1))[:tokens]]
 
     measure(model, prompt_of(32), 8)  # warm-up
-    prompts = []
-    for tokens in (int(count) for count in arguments.prompt_tokens.split(",")):
-        prompt = prompt_of(tokens)
-        runs = [measure(model, prompt, arguments.new_tokens) for _ in range(arguments.repeats)]
-        prompts.append({
-            "prompt_tokens": len(prompt),
-            "first_token_s": min(run[0] for run in runs),
-            "decode_tok_s": max(run[1] for run in runs),
-            "generated_tokens": min(run[2] for run in runs),
-        })
-    print(json.dumps({
-        "engine": "onnxruntime-genai",
-        "version": og.__version__,
-        "threads": arguments.threads,
-        "load_s": load_seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "prompts": prompts,
-    }))
+    prompts = measure_prompts(
+        lambda prompt, new_tokens: measure(model, prompt, new_tokens),
+        prompt_of,
+        arguments.prompt_tokens,
+        arguments.new_tokens,
+        arguments.repeats,
+    )
+    print_result("onnxruntime-genai", og.__version__, arguments.threads, load_seconds, prompts)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ no run reuses another's prompt.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import time
 
 import llama_cpp
+from peer_report import measure_prompts, print_result
 
 
 def measure(llm: llama_cpp.Llama, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
@@ -60,24 +59,14 @@ def main() -> None:
         return llm.tokenize(text, add_bos=False, special=False)[:tokens]
 
     measure(llm, prompt_of(32), 8)  # warm-up
-    prompts = []
-    for tokens in (int(count) for count in arguments.prompt_tokens.split(",")):
-        prompt = prompt_of(tokens)
-        runs = [measure(llm, prompt, arguments.new_tokens) for _ in range(arguments.repeats)]
-        prompts.append({
-            "prompt_tokens": len(prompt),
-            "first_token_s": min(run[0] for run in runs),
-            "decode_tok_s": max(run[1] for run in runs),
-            "generated_tokens": min(run[2] for run in runs),
-        })
-    print(json.dumps({
-        "engine": "llama.cpp",
-        "version": llama_cpp.__version__,
-        "threads": arguments.threads,
-        "load_s": load_seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "prompts": prompts,
-    }))
+    prompts = measure_prompts(
+        lambda prompt, new_tokens: measure(llm, prompt, new_tokens),
+        prompt_of,
+        arguments.prompt_tokens,
+        arguments.new_tokens,
+        arguments.repeats,
+    )
+    print_result("llama.cpp", llama_cpp.__version__, arguments.threads, load_seconds, prompts)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""What every single-stream measuring script shares: best-of-N per prompt length, one JSON line.
+
+Standard library only: it also runs inside the peers' own virtualenvs, imported from beside the
+script that measures (bench/ is that script's first import path).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import Callable
+
+
+def measure_prompts(
+    measure: Callable[[list[int], int], tuple],
+    prompt_of: Callable[[int], list[int]],
+    prompt_tokens: str,
+    new_tokens: int,
+    repeats: int,
+) -> list[dict]:
+    """For each prompt length ("32,640"): fastest first token and decode rate over `repeats` runs.
+    `measure(prompt, new_tokens)` returns (first token seconds, decode tok/s[, tokens generated])."""
+    prompts = []
+    for tokens in (int(count) for count in prompt_tokens.split(",")):
+        prompt = prompt_of(tokens)
+        runs = [measure(prompt, new_tokens) for _ in range(repeats)]
+        prompts.append({
+            "prompt_tokens": len(prompt),
+            "first_token_s": min(run[0] for run in runs),
+            "decode_tok_s": max(run[1] for run in runs),
+            "generated_tokens": min(run[2] if len(run) > 2 else new_tokens for run in runs),
+        })
+    return prompts
+
+
+def print_result(engine: str, version: str, threads: int, load_seconds: float, prompts: list[dict], **extra) -> None:
+    print(json.dumps({
+        "engine": engine,
+        "version": version,
+        **extra,
+        "threads": threads,
+        "load_s": load_seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "prompts": prompts,
+    }))
