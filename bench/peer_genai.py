@@ -10,6 +10,7 @@ same token counts, best of a few runs, peak RSS of this process.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import onnxruntime_genai as og
