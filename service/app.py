@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -11,21 +12,28 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
+from service.auth import AuthenticationMiddleware, KeyRing, SecurityHeadersMiddleware
 from service.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from service.limits import BodySizeLimitMiddleware, Guards, RateLimitMiddleware
+from service.logs import RequestLogMiddleware
+from service.metrics import HTTPMetricsMiddleware, Metrics, metrics_endpoint
 from service.openapi import openapi_document
 from service.registry import ModelRegistry
 from service.registry_store import RegistryStore
 from service.routes import chat, completions, health, models, sessions, ws
 from service.session_store import SessionStore
 from service.settings import Settings
+from service.tracing import tracer_provider_from
 
 
 async def _openapi(request) -> JSONResponse:
     return JSONResponse(openapi_document())
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> Starlette:
+    """`tracer_provider` replaces the one settings describe (tests pass an in-memory one)."""
     registry = ModelRegistry(settings)
+    metrics = Metrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -34,6 +42,7 @@ def create_app(settings: Settings) -> Starlette:
         for spec in settings.models:
             registry.register(spec)
         registry.restore()
+        app.state.started = True
         yield
         registry.close()
         registry.store.close()
@@ -42,6 +51,8 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/livez", health.livez, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/startupz", health.startupz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models", models.register_model, methods=["POST"]),
         Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
@@ -55,7 +66,11 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", _openapi, methods=["GET"]),
         WebSocketRoute("/v1/ws", ws.chat_socket),
     ]
+    keys = KeyRing.from_settings(settings.keys_path, settings.api_keys, settings.admin_keys)
     middleware = [
+        Middleware(RequestLogMiddleware),
+        Middleware(HTTPMetricsMiddleware, metrics=metrics),
+        Middleware(SecurityHeadersMiddleware),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
@@ -63,7 +78,11 @@ def create_app(settings: Settings) -> Starlette:
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             max_age=600,
-        )
+        ),
+        Middleware(AuthenticationMiddleware, keys=keys, metrics_public=settings.metrics_public),
+        Middleware(RateLimitMiddleware),
+        Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(health.DrainGate),
     ]
     app = Starlette(
         routes=routes,
@@ -77,4 +96,9 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.registry = registry
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.tracer = (tracer_provider or tracer_provider_from(settings.otlp_endpoint)).get_tracer("service")
+    app.state.started = False
+    app.state.draining = False
+    app.state.guards = Guards(settings.max_messages, settings.max_prompt_tokens, settings.max_completion_tokens)
     return app

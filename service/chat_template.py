@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+# Stands in for message i's content while the template renders, so that the rendered prompt can be
+# cut into the template's own text and the messages' text. Private-use characters: no template
+# writes them, and contents never reach the marked rendering.
+_MARKER = re.compile("\ue000(\\d+)\ue001")
+
+
+def _marker(index: int) -> str:
+    return f"\ue000{index}\ue001"
 
 
 class ChatTemplateError(ValueError):
@@ -45,3 +56,30 @@ class ChatTemplate:
             raise
         except (TemplateError, TypeError, KeyError, IndexError) as error:
             raise ChatTemplateError(f"the chat template could not render these messages: {error}") from error
+
+    def render_segments(self, messages: list[dict], add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+        """The rendered prompt as (text, is_message_content) pieces, in order.
+
+        The template renders once with markers for contents; each marker becomes the content as the
+        template printed it: unchanged, or stripped (templates that `| trim`). A template that
+        transforms contents otherwise gets them unchanged: still tokenized as plain text, which is
+        what matters; only that template's cosmetic change is lost.
+        """
+        marked = [
+            {**message, "content": _marker(index)} if isinstance(message.get("content"), str) else message
+            for index, message in enumerate(messages)
+        ]
+        pieces = _MARKER.split(self.render(marked, add_generation_prompt))
+        real = self.render(messages, add_generation_prompt)
+        contents = [message.get("content") for message in messages]
+        stripped = [content.strip() if isinstance(content, str) else content for content in contents]
+
+        def segments(printed: list) -> list[tuple[str, bool]]:
+            # split() puts the markers' captured indices at the odd positions.
+            return [(printed[int(piece)], True) if position % 2 else (piece, False) for position, piece in enumerate(pieces)]
+
+        chosen = next(
+            (candidate for candidate in (segments(contents), segments(stripped)) if "".join(text for text, _ in candidate) == real),
+            segments(contents),
+        )
+        return [(text, is_content) for text, is_content in chosen if text]

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -129,6 +129,7 @@ class Engine:
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.prefix_hit_tokens = 0
+        self.batch_sizes: Counter[int] = Counter()  # decode steps by sequences decoded, for /metrics
         self._worker = threading.Thread(target=self._work, name=f"engine:{folder.model_id}", daemon=True)
         self._worker.start()
 
@@ -319,6 +320,7 @@ class Engine:
                     held = self.capacity - 1
                 positions.append(held)
         logits = self.runner.decode(tokens, positions)
+        self.batch_sizes[len(decoding)] += 1
         for sequence in decoding:
             sequence.cached += 1
             if sequence.take(logits[sequence.slot], self.capacity):

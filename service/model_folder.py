@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -48,7 +49,27 @@ class ModelFolder:
 
     def encode(self, text: str) -> list[int]:
         """Token ids for a rendered prompt; control tokens written in it are recognized."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self._with_bos(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids for a conversation: the template's own control tokens stay control tokens,
+        while message contents are tokenized as plain text, so a user who writes `<|im_end|>`
+        cannot end their turn and speak as the system or the assistant."""
+        assert self.chat_template is not None
+        ids: list[int] = []
+        for text, is_content in self.chat_template.render_segments(messages):
+            tokenizer = self._plain_text_tokenizer if is_content else self.tokenizer
+            ids.extend(tokenizer.encode(text, add_special_tokens=False).ids)
+        return self._with_bos(ids)
+
+    @cached_property
+    def _plain_text_tokenizer(self) -> Tokenizer:
+        """A copy that reads control-token text (`<|im_end|>`) as ordinary characters."""
+        plain = Tokenizer.from_str(self.tokenizer.to_str())
+        plain.encode_special_tokens = True
+        return plain
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
         bos = self.generation.get("bos_token_id")
         if self.generation.get("add_bos_token") and bos is not None and (not ids or ids[0] != bos):
             ids.insert(0, bos)

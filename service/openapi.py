@@ -38,7 +38,9 @@ _GENERATION_ERRORS = (400, 404, 429, 503)
 
 OPERATIONS: list[Operation] = [
     Operation("GET", "/livez", "Liveness: the process answers"),
-    Operation("GET", "/readyz", "Readiness: a model can serve requests (503 while none can)", errors=(503,)),
+    Operation("GET", "/readyz", "Readiness: a model can serve requests (503 while none can, or while draining)", errors=(503,)),
+    Operation("GET", "/startupz", "Startup: the models given at startup are registered (503 before)", errors=(503,)),
+    Operation("GET", "/metrics", "Prometheus metrics (text exposition format); see docs/operations.md"),
     Operation("GET", "/v1/models", "List models with their status"),
     Operation(
         "POST",
@@ -100,6 +102,17 @@ _ERROR_SCHEMA = {
 }
 
 
+# Open without an API key: orchestrators probe them. /metrics is too with --metrics-public.
+_OPEN_PATHS = {"/livez", "/readyz", "/startupz"}
+# Only admin keys may change the model registry.
+_ADMIN_OPERATIONS = {("POST", "/v1/models"), ("DELETE", "/v1/models/{model_id}")}
+_SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "description": "an API key: `Authorization: Bearer KEY`"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
 def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
     requests = [operation.request for operation in operations if operation.request is not None]
     schemas, components = msgspec.json.schema_components(requests, ref_template="#/components/schemas/{name}")
@@ -117,6 +130,12 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
                 },
             },
         }
+        if operation.path in _OPEN_PATHS:
+            entry["security"] = []
+        else:
+            entry["responses"]["401"] = {"description": "no valid API key (code invalid_api_key)", "content": _ERROR_CONTENT}
+            if (operation.method, operation.path) in _ADMIN_OPERATIONS:
+                entry["responses"]["403"] = {"description": "not an admin key (code insufficient_scope)", "content": _ERROR_CONTENT}
         for name in ("model_id", "session_id"):
             if "{" + name + "}" in operation.path:
                 entry["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
@@ -132,20 +151,21 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
         "openapi": "3.1.0",
         "info": {"title": "llm-service", "version": SERVICE_VERSION, "description": "OpenAI-compatible inference for small local models"},
         "paths": paths,
-        "components": {"schemas": {**components, "Error": _ERROR_SCHEMA}},
+        "components": {"schemas": {**components, "Error": _ERROR_SCHEMA}, "securitySchemes": _SECURITY_SCHEMES},
+        "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
     }
 
 
 def postman_collection(document: dict) -> dict:
     """A Postman v2.1 collection with one request per operation, example bodies included, and the
-    service address as the `baseUrl` variable."""
+    service address as the `baseUrl` variable and the API key as `apiKey`."""
     items = []
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
             postman_path = path.replace("{model_id}", ":model_id").replace("{session_id}", ":session_id")
             request: dict = {
                 "method": method.upper(),
-                "header": [{"key": "Content-Type", "value": "application/json"}],
+                "header": [{"key": "Content-Type", "value": "application/json"}, {"key": "Authorization", "value": "Bearer {{apiKey}}"}],
                 "url": {
                     "raw": "{{baseUrl}}" + postman_path,
                     "host": ["{{baseUrl}}"],
@@ -167,7 +187,7 @@ def postman_collection(document: dict) -> dict:
             "description": "Generated from /openapi.json by `python -m service.openapi`; do not edit by hand.",
             "schema": "https://schema.getpostman.com/json/collection/v2.1.0/collection.json",
         },
-        "variable": [{"key": "baseUrl", "value": "http://127.0.0.1:8000"}],
+        "variable": [{"key": "baseUrl", "value": "http://127.0.0.1:8000"}, {"key": "apiKey", "value": ""}],
         "item": items,
     }
 

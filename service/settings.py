@@ -66,3 +66,24 @@ class Settings:
     cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"
     # Where state that outlives the process lives: the sessions database (sessions.sqlite3).
     data_dir: Path = Path("data")
+    # Where traces go (OTLP/HTTP traces URL); None: OTEL_EXPORTER_OTLP_ENDPOINT, else nowhere.
+    otlp_endpoint: str | None = None
+    # Seconds SIGTERM waits for accepted generation requests to finish before shutting down.
+    drain_seconds: float = 30.0
+    # API keys (service/auth.py): the keys file (default DATA_DIR/keys.json) and keys given on the
+    # command line or in LLM_API_KEYS. With none, every request is anonymous, so the service only
+    # binds beyond loopback with allow_unauthenticated. /metrics is open without a key if public.
+    keys_file: Path | None = None
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    allow_unauthenticated: bool = False
+    metrics_public: bool = False
+    # Request guards (service/limits.py); 0: no limit.
+    max_body_bytes: int = 1024 * 1024
+    max_prompt_tokens: int = 0
+    max_completion_tokens: int = 0
+    max_messages: int = 0
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file or self.data_dir / "keys.json"

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 
+from service import limits
 from service.chat_template import ChatTemplateError
 from service.engine import Engine, Failed, Finished, GenerationRequest, TextDelta, Ticket
 from service.errors import APIError, error_body
@@ -18,6 +19,7 @@ from service.routes import generation
 from service.routes.models import ready_model
 from service.routes.sessions import SessionHistory, session_history
 from service.schemas import ChatCompletionRequest, decode_body
+from service.telemetry import observe_generation
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -30,15 +32,22 @@ def _prompt_ids(engine: Engine, body: ChatCompletionRequest, history: SessionHis
 
     def encode(messages: list[dict]) -> list[int]:
         try:
-            prompt = folder.chat_template.render(messages)
+            return folder.encode_chat(messages)
         except ChatTemplateError as error:
             raise APIError(400, str(error), param="messages") from error
-        return folder.encode(prompt)
 
     messages = [{"role": message.role, "content": message.text()} for message in body.messages]
     if history is None:
         return encode(messages)
     return history.prompt_ids(engine, messages, body.max_completion_tokens or body.max_tokens, encode)
+
+
+def check_guards(connection: HTTPConnection, body: ChatCompletionRequest) -> None:
+    """--max-messages and --max-completion-tokens, before any tokenizing."""
+    guards: limits.Guards = connection.app.state.guards
+    guards.check_messages(len(body.messages))
+    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    guards.check_completion(body.max_completion_tokens or body.max_tokens, param)
 
 
 def _answered(finished: list[Finished]) -> bool:
@@ -61,12 +70,15 @@ def _generation_request(engine: Engine, body: ChatCompletionRequest, prompt_ids:
 
 async def create_chat_completion(request: Request) -> Response:
     body = decode_body(await request.body(), ChatCompletionRequest)
+    check_guards(request, body)
     entry = ready_model(request.app.state.registry, body.model)
     engine = entry.engine
     history = await session_history(request, body.session_id) if body.session_id is not None else None
     prompt_ids = _prompt_ids(engine, body, history)
     requests = generation.choices_of(_generation_request(engine, body, prompt_ids), body.n)
+    limits.check_admission(request, requests, "messages")
     tickets = await generation.admit(engine, requests)
+    tickets = observe_generation(request, "chat", entry.model_id, tickets, len(prompt_ids), requests[0])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:

@@ -15,12 +15,14 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from service import limits
 from service.engine import Engine, Failed, Finished, GenerationRequest, PromptScores, TextDelta, Ticket
 from service.errors import APIError, error_body
 from service.routes import generation
 from service.routes.chat import SSE_HEADERS, sse
 from service.routes.models import ready_model
 from service.schemas import CompletionRequest, decode_body
+from service.telemetry import observe_generation
 
 
 def _prompt_ids(engine: Engine, body: CompletionRequest) -> list[list[int]]:
@@ -72,16 +74,19 @@ def _prompt_text(engine: Engine, body: CompletionRequest, index: int, ids: list[
 
 async def create_completion(request: Request) -> Response:
     body = decode_body(await request.body(), CompletionRequest)
+    request.app.state.guards.check_completion(body.max_tokens, "max_tokens")
     entry = ready_model(request.app.state.registry, body.model)
     engine = entry.engine
     prompts = _prompt_ids(engine, body)
     requests = [
         choice for ids in prompts for choice in generation.choices_of(_generation_request(engine, body, ids), body.n)
     ]
+    limits.check_admission(request, requests, "prompt")
     tickets = await generation.admit(engine, requests)
+    prompt_tokens = sum(len(ids) for ids in prompts)
+    tickets = observe_generation(request, "text_completion", entry.model_id, tickets, prompt_tokens, requests[0])
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    prompt_tokens = sum(len(ids) for ids in prompts)
     echoes = [_prompt_text(engine, body, index // body.n, prompts[index // body.n]) if body.echo else "" for index in range(len(requests))]
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

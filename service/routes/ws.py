@@ -19,6 +19,7 @@ from typing import Annotated
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from service import limits
 from service.engine import Failed, Finished, GenerationRequest, TextDelta
 from service.errors import APIError, error_body
 from service.registry import ModelEntry, ModelRegistry
@@ -142,9 +143,11 @@ class ChatSocket:
                 400, "session_id is not supported over WebSocket yet; use POST /v1/chat/completions",
                 param="session_id", code="unsupported_parameter",
             )
+        chat.check_guards(self.websocket, body)
         entry = ready_model(self.registry, body.model)
         prompt_ids = chat._prompt_ids(entry.engine, body)
         requests = generation.choices_of(chat._generation_request(entry.engine, body, prompt_ids), body.n)
+        limits.check_admission(self.websocket, requests, "messages")
         self.requests[request_id] = asyncio.create_task(self.complete(request_id, entry, body, len(prompt_ids), requests))
 
     async def cancel(self, request_id: str) -> None:

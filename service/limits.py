@@ -1,0 +1,187 @@
+"""Per-key limits (requests and tokens per minute, concurrent streams) and request guards (body
+bytes, messages, prompt tokens, max_tokens).
+
+Tokens per minute are charged at admission as prompt tokens plus the completion budget
+(max_tokens, or the rest of the context when none is given, times `n`), and not corrected
+afterwards: a key can never run past its budget, at the cost of counting short answers in full.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.auth import ApiKey, refuse
+from service.errors import APIError
+from service.sequence import GenerationRequest
+
+# Paths whose requests each hold a stream slot while they run.
+STREAMING_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/ws"})
+
+
+@dataclass
+class TokenBucket:
+    """`per_minute` units, refilled continuously; a request takes what it costs or waits."""
+
+    per_minute: int
+    level: float = field(init=False)
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.level = float(self.per_minute)
+
+    def take(self, amount: float) -> float:
+        """Takes `amount` and returns 0, or takes nothing and returns the seconds until it could."""
+        now = time.monotonic()
+        self.level = min(self.per_minute, self.level + (now - self.updated) * self.per_minute / 60)
+        self.updated = now
+        if amount <= self.level:
+            self.level -= amount
+            return 0.0
+        return (amount - self.level) * 60 / self.per_minute
+
+
+@dataclass
+class KeyLimits:
+    key: ApiKey
+    requests: TokenBucket | None = None
+    tokens: TokenBucket | None = None
+    streams_open: int = 0
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyLimits:
+        return cls(key, TokenBucket(key.rpm) if key.rpm else None, TokenBucket(key.tpm) if key.tpm else None)
+
+
+def _rate_limited(message: str, code: str, wait: float) -> APIError:
+    return APIError(429, message, code=code, error_type="rate_limit_exceeded", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+class RateLimitMiddleware:
+    """Requests per minute and concurrent streams of the key AuthenticationMiddleware found."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.by_key: dict[str, KeyLimits] = {}
+
+    def limits_of(self, key: ApiKey) -> KeyLimits:
+        if key.id not in self.by_key:
+            self.by_key[key.id] = KeyLimits.of(key)
+        return self.by_key[key.id]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = scope.get("state", {}).get("api_key") if scope["type"] in ("http", "websocket") else None
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        limits = self.limits_of(key)
+        scope["state"]["key_limits"] = limits
+        if limits.requests is not None and (wait := limits.requests.take(1)):
+            message = f"this key may make {key.rpm} requests per minute (rpm); retry in {math.ceil(wait)}s"
+            await refuse(scope, receive, send, _rate_limited(message, "requests_per_minute", wait))
+            return
+        if scope["path"] not in STREAMING_PATHS or not key.streams:
+            await self.app(scope, receive, send)
+            return
+        if limits.streams_open >= key.streams:
+            message = f"this key may run {key.streams} concurrent streams; one must end first"
+            await refuse(scope, receive, send, _rate_limited(message, "concurrent_streams", 1))
+            return
+        limits.streams_open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            limits.streams_open -= 1
+
+
+def charge_tokens(connection: HTTPConnection, tokens: int) -> None:
+    """Charges a generation's tokens to its key's tokens-per-minute budget, or refuses it (429)."""
+    limits: KeyLimits | None = connection.scope.get("state", {}).get("key_limits")
+    if limits is None or limits.tokens is None:
+        return
+    if tokens > limits.key.tpm:
+        raise APIError(
+            429, f"this request needs {tokens} tokens (prompt plus max_tokens); this key may use {limits.key.tpm} per minute (tpm)",
+            code="tokens_per_minute", error_type="rate_limit_exceeded",
+        )
+    if wait := limits.tokens.take(tokens):
+        message = f"this key may use {limits.key.tpm} tokens per minute (tpm); retry in {math.ceil(wait)}s"
+        raise _rate_limited(message, "tokens_per_minute", wait)
+
+
+class BodySizeLimitMiddleware:
+    """Refuses request bodies over `max_bytes` while they are read, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def too_large(self, size: str) -> APIError:
+        return APIError(
+            413, f"the request body is {size}; the limit is {self.max_bytes} bytes (--max-body-bytes)",
+            param=None, code="request_too_large",
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.max_bytes:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await refuse(scope, receive, send, self.too_large(f"{int(declared)} bytes"))
+            return
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self.too_large(f"over {received} bytes")  # the route's handler turns it into a 413
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Bounds on one generation request; 0 means no bound."""
+
+    max_messages: int = 0
+    max_prompt_tokens: int = 0
+    max_completion_tokens: int = 0
+
+    def check_messages(self, count: int) -> None:
+        if self.max_messages and count > self.max_messages:
+            raise APIError(
+                400, f"the request has {count} messages; the limit is {self.max_messages} (--max-messages)",
+                param="messages", code="too_many_messages",
+            )
+
+    def check_prompt(self, prompt_tokens: int, param: str) -> None:
+        if self.max_prompt_tokens and prompt_tokens > self.max_prompt_tokens:
+            raise APIError(
+                400, f"the prompt is {prompt_tokens} tokens; the limit is {self.max_prompt_tokens} (--max-prompt-tokens)",
+                param=param, code="prompt_too_long",
+            )
+
+    def check_completion(self, max_tokens: int | None, param: str) -> None:
+        if self.max_completion_tokens and max_tokens is not None and max_tokens > self.max_completion_tokens:
+            raise APIError(
+                400, f"{param} is {max_tokens}; the limit is {self.max_completion_tokens} (--max-completion-tokens)",
+                param=param, code="max_tokens_too_large",
+            )
+
+
+def check_admission(connection: HTTPConnection, requests: list[GenerationRequest], prompt_param: str) -> None:
+    """Before requests reach the engine: each prompt within --max-prompt-tokens, and every
+    request's prompt plus completion budget charged to the key's tokens per minute."""
+    guards: Guards = connection.app.state.guards
+    for request in requests:
+        guards.check_prompt(len(request.prompt_ids), prompt_param)
+    charge_tokens(connection, sum(len(request.prompt_ids) + request.max_new_tokens for request in requests))
