@@ -102,9 +102,12 @@ class EngineCollector(Collector):
         )
         batch = HistogramMetricFamily("llm_batch_size", "Sequences per decode step.", labels=["model"])
         status = GaugeMetricFamily("llm_model_status", "1 for the status the model is in, 0 for the others.", labels=["model", "status"])
+        load = GaugeMetricFamily("llm_model_load_seconds", "Seconds from registration to ready (conversion included).", labels=["model"])
         for entry in self.model_registry.entries():
             for name in MODEL_STATUSES:
                 status.add_metric([entry.model_id, name], float(entry.status == name))
+            if entry.load_seconds is not None:
+                load.add_metric([entry.model_id], entry.load_seconds)
             engine = entry.engine
             if engine is None:
                 continue
@@ -114,7 +117,7 @@ class EngineCollector(Collector):
             hits.add_metric([entry.model_id], engine.prefix_hits)
             hit_tokens.add_metric([entry.model_id], engine.prefix_hit_tokens)
             batch.add_metric([entry.model_id], *_histogram(dict(engine.batch_sizes)))
-        yield from (running, waiting, queries, hits, hit_tokens, batch, status)
+        yield from (running, waiting, queries, hits, hit_tokens, batch, status, load)
 
 
 def _histogram(counts: dict[int, int]) -> tuple[list[tuple[str, float]], float]:

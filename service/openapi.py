@@ -25,6 +25,7 @@ class Operation:
     success: int = 200
     errors: tuple[int, ...] = ()
     example: dict | None = None
+    media_type: str = "application/json"
 
 
 _CHAT_EXAMPLE = {
@@ -40,7 +41,9 @@ OPERATIONS: list[Operation] = [
     Operation("GET", "/livez", "Liveness: the process answers"),
     Operation("GET", "/readyz", "Readiness: a model can serve requests (503 while none can, or while draining)", errors=(503,)),
     Operation("GET", "/startupz", "Startup: the models given at startup are registered (503 before)", errors=(503,)),
-    Operation("GET", "/metrics", "Prometheus metrics (text exposition format); see docs/operations.md"),
+    Operation(
+        "GET", "/metrics", "Prometheus metrics (text exposition format); see docs/operations.md", media_type="text/plain"
+    ),
     Operation("GET", "/v1/models", "List models with their status"),
     Operation(
         "POST",
@@ -123,7 +126,7 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
             "summary": operation.summary,
             "operationId": f"{operation.method.lower()}_{operation.path.strip('/').replace('/', '_').replace('{', '').replace('}', '').replace('.', '_')}",
             "responses": {
-                str(operation.success): {"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}},
+                str(operation.success): {"description": "success", "content": {operation.media_type: {"schema": {"type": "object" if operation.media_type == "application/json" else "string"}}}},
                 **{
                     str(status): {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
                     for status in operation.errors

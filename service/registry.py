@@ -57,6 +57,7 @@ class ModelEntry:
     created: int = field(default_factory=lambda: int(time.time()))
     progress: dict = field(default_factory=dict)  # {"stage": str, "fraction": float} while converting
     memory_bytes: int = 0  # the estimate the budget counted
+    load_seconds: float | None = None  # conversion plus loading, once ready
 
     @property
     def folder(self) -> ModelFolder | None:
@@ -164,6 +165,7 @@ class ModelRegistry:
                 engine.close()
                 return
             entry.engine = engine
+            entry.load_seconds = time.monotonic() - started
             entry.status = READY
             log.info(
                 "model ready",

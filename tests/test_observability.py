@@ -95,6 +95,7 @@ def test_model_status_and_batch_size_are_exposed(api_server):
 
     assert value(samples, "llm_model_status", model="tiny", status="ready") == 1
     assert value(samples, "llm_model_status", model="tiny", status="loading") == 0
+    assert value(samples, "llm_model_load_seconds", model="tiny") > 0
     assert value(samples, "llm_batch_size_count", model="tiny") >= 1
 
 
