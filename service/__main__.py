@@ -47,7 +47,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--data-dir",
         type=Path,
         default=Path(os.environ.get(DATA_DIR_VARIABLE) or defaults.data_dir),
-        help=f"where the sessions database lives (default ${DATA_DIR_VARIABLE}, else ./{defaults.data_dir})",
+        help=f"where the sessions database, API keys and the models registered through the API live (default ${DATA_DIR_VARIABLE}, else ./{defaults.data_dir})",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="default auto: CUDA when usable")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
