@@ -124,6 +124,8 @@ def decode_body(body: bytes, schema: type[Struct]):
         raise APIError(400, f"invalid request: {message}", param=_param_of(message), code="invalid_value") from error
     except msgspec.DecodeError as error:
         raise APIError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from error
+    except UnicodeDecodeError as error:  # msgspec checks UTF-8 only inside the strings it decodes
+        raise APIError(400, f"the request body is not valid UTF-8: {error}", code="invalid_json") from error
 
 
 MetadataKey = Annotated[str, Meta(min_length=1, max_length=64)]
