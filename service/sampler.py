@@ -111,7 +111,8 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, prompt_ids: Sequence[int] = ()) -> None:
         self.params = params
-        self.random = np.random.default_rng(params.seed)
+        # Any integer a client sends is a valid seed (numpy wants a non-negative one).
+        self.random = np.random.default_rng(None if params.seed is None else params.seed % 2**64)
         self._bias_ids = np.array([int(token_id) for token_id in params.logit_bias], dtype=np.int64)
         self._bias_values = np.array(list(params.logit_bias.values()), dtype=np.float32)
         self._seen = _TokenCounts(prompt_ids) if params.repetition_penalty != 1.0 else None

@@ -140,6 +140,6 @@ class CreateSessionRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     model: Annotated[str, Meta(min_length=1)] | None = None
     system_prompt: str | None = None
     # The memory limit: past turns a chat prompt keeps, by count and by tokens; null: no limit.
-    max_turns: Annotated[int, Meta(ge=0)] | None = None
-    max_tokens: Annotated[int, Meta(ge=0)] | None = None
+    max_turns: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
+    max_tokens: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=MAX_METADATA_PAIRS)] | None = None

@@ -188,3 +188,10 @@ def test_a_quiet_stream_gets_keep_alive_comments_and_stays_valid(smollm2_model_d
 
     assert ": keep-alive" in blocks  # sent while the 700-token prompt was prefilling
     assert all(block == ": keep-alive" or block.startswith("data: ") for block in blocks) and blocks[-1] == "data: [DONE]"
+
+
+def test_a_negative_seed_is_a_seed_like_any_other(api_server):
+    request = dict(model=SMOL, messages=QUESTION, temperature=1.0, seed=-12345, max_tokens=12)
+    first = chat(api_server, **request)
+    second = chat(api_server, **request)
+    assert first.status_code == 200 and first.json()["choices"] == second.json()["choices"]
