@@ -12,6 +12,7 @@ import pytest
 
 from tests.support import ServiceProcess
 from tests.test_api import QUESTION, chat
+from tests.test_observability import scrape, value
 
 CLIENTS = 64
 
@@ -57,6 +58,9 @@ def test_sixty_four_concurrent_streams_complete_or_are_refused_as_intended(busy_
     assert all(result[1] == "length" and result[2] == "[DONE]" for result in completed), completed
     assert all((status, code) in {(429, "server_busy"), (503, "queue_timeout")} for status, code, _ in refused), refused
     assert len(completed) >= 8 + 24  # every slot and every waiting place served
+    samples = scrape(busy_server.url)
+    assert value(samples, "llm_num_requests_running", model="tiny") == 0
+    assert value(samples, "llm_num_requests_waiting", model="tiny") == 0
     assert chat(busy_server, model="tiny", messages=QUESTION, max_tokens=3).status_code == 200
 
 
