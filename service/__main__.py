@@ -29,7 +29,7 @@ API_KEYS_VARIABLE = "LLM_API_KEYS"
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = Settings()
-    parser = argparse.ArgumentParser(prog="python -m service", description="OpenAI-compatible LLM inference service.")
+    parser = argparse.ArgumentParser(prog="python -m service", description="OpenAI-compatible LLM inference service. Also: `python -m service keys --help` (API keys) and `python -m service chat --help` (a terminal chat client).")
     parser.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port to listen on (default {defaults.port})")
     parser.add_argument(
@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keys"]:
         return keys_command(argv[1:])
+    if argv[:1] == ["chat"]:
+        from service.chat_client import main as chat_main
+
+        return chat_main(argv[1:])
     arguments = parse_arguments(argv)
     configure_logging(arguments.log_level)
     try:
