@@ -9,6 +9,7 @@ from service.settings import embedded_default_model
 from tests.support import REPO, ServiceProcess, StaticServer
 
 CHROMIUM = "/usr/bin/chromium"
+KEYED_SERVICE_KEY = "sk-test-e2e-the-right-key"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -31,6 +32,18 @@ def service(artifacts, tmp_path_factory):
     server = ServiceProcess(
         "--model", f"SmolLM2-135M-Instruct={model_dir}", "--models-dir", str(tmp_path_factory.mktemp("models")),
         "--max-context", "1024", log_path=artifacts / "e2e_service.log",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def keyed_service(artifacts, tmp_path_factory):
+    """A second service that accepts only the key KEYED_SERVICE_KEY."""
+    model_dir = cached_conversion(embedded_default_model().source, REPO / "models")
+    server = ServiceProcess(
+        "--model", f"SmolLM2-135M-Instruct={model_dir}", "--models-dir", str(tmp_path_factory.mktemp("models")),
+        "--max-context", "1024", "--api-key", KEYED_SERVICE_KEY, log_path=artifacts / "e2e_keyed_service.log",
     )
     yield server
     server.stop()

@@ -77,6 +77,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             allow_origin_regex=settings.cors_origin_regex,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
+            expose_headers=["Retry-After", "X-Request-ID"],  # the SPA shows how long to wait
             max_age=600,
         ),
         Middleware(AuthenticationMiddleware, keys=keys, metrics_public=settings.metrics_public),
