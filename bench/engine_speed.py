@@ -47,6 +47,24 @@ def measure(generator: Generator, prompt: list[int], new_tokens: int) -> tuple[f
     return first - started, (count - 1) / (finished - first)
 
 
+def load_warm_generator(
+    model: Path | None, activations: str, device: str = "auto", threads: int | None = None
+) -> tuple[Path, ModelFolder, Generator, float]:
+    """(folder path, folder, generator, load seconds) for a converted folder or a source to convert
+    (default: the embedded SmolLM2), warmed up with one short generation."""
+    source = model or embedded_default_model().source
+    path = source if (source / "manifest.json").is_file() else cached_conversion(
+        source, REPO / "models", ConversionOptions(activations=activations)
+    )
+    folder = ModelFolder.load(path)
+    started = time.perf_counter()
+    session = create_session(path / "model.onnx", choose_placement(device), threads=threads)
+    generator = Generator(session, ModelShape.from_config(folder.config), capacity=2048)
+    load_seconds = time.perf_counter() - started
+    measure(generator, prompt_of(folder, 32), 8)
+    return path, folder, generator, load_seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="converted folder or GGUF (default: embedded SmolLM2)")
@@ -55,16 +73,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     arguments = parser.parse_args()
 
-    source = arguments.model or embedded_default_model().source
-    path = source if (source / "manifest.json").is_file() else cached_conversion(
-        source, REPO / "models", ConversionOptions(activations=arguments.activations)
-    )
-    folder = ModelFolder.load(path)
-    started = time.perf_counter()
-    session = create_session(path / "model.onnx", choose_placement("auto"))
-    generator = Generator(session, ModelShape.from_config(folder.config), capacity=2048)
-    load_seconds = time.perf_counter() - started
-    measure(generator, prompt_of(folder, 32), 8)  # warm-up
+    path, folder, generator, load_seconds = load_warm_generator(arguments.model, arguments.activations)
+    session = generator.session
 
     rows = []
     for prompt_tokens in (32, 640):

@@ -9,19 +9,12 @@ a process of its own so that peak RSS is the engine's alone, as it is for each p
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import onnxruntime as ort
 
-from bench.engine_speed import REPO, measure, prompt_of
+from bench.engine_speed import load_warm_generator, measure, prompt_of
 from bench.peer_report import measure_prompts, print_result
-from converter.cache import cached_conversion
-from converter.convert import ConversionOptions
-from service.generator import Generator, ModelShape
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
-from service.settings import embedded_default_model
 
 
 def main() -> None:
@@ -34,16 +27,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
 
-    source = arguments.model or embedded_default_model().source
-    path = source if (source / "manifest.json").is_file() else cached_conversion(
-        source, REPO / "models", ConversionOptions(activations=arguments.activations)
-    )
-    folder = ModelFolder.load(path)
-    started = time.perf_counter()
-    session = create_session(path / "model.onnx", choose_placement("cpu"), threads=arguments.threads)
-    generator = Generator(session, ModelShape.from_config(folder.config), capacity=2048)
-    load_seconds = time.perf_counter() - started
-    measure(generator, prompt_of(folder, 32), 8)  # warm-up
+    path, folder, generator, load_seconds = load_warm_generator(arguments.model, arguments.activations, "cpu", arguments.threads)
 
     prompts = measure_prompts(
         lambda prompt, new_tokens: measure(generator, prompt, new_tokens),
