@@ -1,5 +1,6 @@
 // The chat page: settings, model picker, saved chats, and answers that grow as tokens stream.
 import { ApiClient } from "./api.js";
+import { renderMarkdown } from "./markdown.js";
 
 const elements = {
   baseUrl: document.getElementById("base-url"),
@@ -140,11 +141,17 @@ async function deleteSession(id) {
   }
 }
 
+// A message's first child holds its text: plain for the user, Markdown built from DOM nodes for
+// the model (never innerHTML: model output must not become markup).
 function addMessage(role, text) {
   const element = document.createElement("div");
   element.className = `message ${role}`;
   element.dataset.testid = `message-${role}`;
-  element.textContent = text;  // never innerHTML: model output must not become markup
+  const content = document.createElement("div");
+  content.className = "content";
+  if (role === "assistant") renderMarkdown(content, text);
+  else content.textContent = text;
+  element.append(content);
   elements.messages.append(element);
   element.scrollIntoView({ block: "end" });
   return element;
@@ -173,8 +180,18 @@ async function send(text) {
   conversation.push({ role: "user", content: text });
   addMessage("user", text);
   const answer = addMessage("assistant", "");
-  const body = document.createTextNode("");
-  answer.replaceChildren(body);
+  const content = answer.firstChild;
+  let answerText = "";
+  let rendering = false;
+  const render = () => {  // at most once a frame, however fast tokens arrive
+    if (rendering) return;
+    rendering = true;
+    requestAnimationFrame(() => {
+      rendering = false;
+      renderMarkdown(content, answerText);
+      answer.scrollIntoView({ block: "end" });
+    });
+  };
   answer.classList.add("streaming");
   const controller = new AbortController();
   setRunning(controller);
@@ -187,11 +204,12 @@ async function send(text) {
       const piece = chunk.choices?.[0]?.delta?.content;
       if (piece) {
         firstTokenAt ??= performance.now();
-        body.appendData(piece);
-        answer.scrollIntoView({ block: "end" });
+        answerText += piece;
+        render();
       }
     }
-    conversation.push({ role: "assistant", content: body.data });
+    renderMarkdown(content, answerText);
+    conversation.push({ role: "assistant", content: answerText });
     answer.append(statsLine(started, firstTokenAt, usage));
   } catch (error) {
     if (error.name !== "AbortError") showError(describe(error));
