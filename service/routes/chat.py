@@ -84,12 +84,8 @@ async def create_chat_completion(request: Request) -> Response:
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _sse_events(
-            engine,
+            generation.ChatChunks(engine, completion_id, created, entry.model_id, body.logprobs),
             tickets,
-            body.logprobs,
-            completion_id,
-            entry.model_id,
-            created,
             include_usage,
             len(prompt_ids),
             remember=None if history is None else partial(history.append_turn, engine, body.messages),
@@ -126,12 +122,8 @@ def sse(payload: dict | str) -> bytes:
 
 
 async def _sse_events(
-    engine: Engine,
+    chunk: generation.ChatChunks,
     tickets: list[Ticket],
-    logprobs: bool,
-    completion_id: str,
-    model_id: str,
-    created: int,
     include_usage: bool,
     prompt_tokens: int,
     remember: Callable[[str], Awaitable[None]] | None = None,
@@ -144,12 +136,6 @@ async def _sse_events(
     usage chunk and `[DONE]`: a stream cut short or failed leaves a session's history as it was.
     """
 
-    def chunk(index: int, delta: dict, finish_reason: str | None = None, token=None) -> dict:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        if logprobs and token is not None:
-            choice["logprobs"] = generation.chat_logprobs(engine, [token])
-        return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id, "choices": [choice]}
-
     for index in range(len(tickets)):
         yield sse(chunk(index, {"role": "assistant", "content": ""}))
     finished: list[Finished] = []
@@ -160,7 +146,7 @@ async def _sse_events(
         elif isinstance(event, TextDelta):
             if index == 0:
                 first_answer.append(event.text)
-            if event.text or logprobs:
+            if event.text or chunk.logprobs:
                 yield sse(chunk(index, {"content": event.text}, token=event.token))
         elif isinstance(event, Finished):
             if index == 0:
@@ -177,8 +163,5 @@ async def _sse_events(
         except APIError as error:
             yield sse(error_body(error.message, error.error_type, error.param, error.code))
     if include_usage and len(finished) == len(tickets):
-        usage_chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
-        usage_chunk["choices"] = []
-        usage_chunk["usage"] = generation.usage(finished, prompt_tokens)
-        yield sse(usage_chunk)
+        yield sse({**chunk.header(), "choices": [], "usage": generation.usage(finished, prompt_tokens)})
     yield sse("[DONE]")

@@ -172,6 +172,26 @@ def usage(finished: list[Finished], prompt_tokens: int) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class ChatChunks:
+    """The chat.completion.chunk objects of one streamed completion; SSE and WebSocket send the same."""
+
+    engine: Engine
+    completion_id: str
+    created: int
+    model_id: str
+    logprobs: bool
+
+    def __call__(self, index: int, delta: dict, finish_reason: str | None = None, token: TokenLogprob | None = None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        if self.logprobs and token is not None:
+            choice["logprobs"] = chat_logprobs(self.engine, [token])
+        return {**self.header(), "choices": [choice]}
+
+    def header(self) -> dict:
+        return {"id": self.completion_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model_id}
+
+
 def token_text(engine: Engine, token_id: int) -> str:
     return engine.folder.tokenizer.decode([token_id], skip_special_tokens=False)
 

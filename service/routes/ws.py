@@ -165,11 +165,10 @@ class ChatSocket:
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
-        def chunk(index: int, delta: dict, finish_reason: str | None = None, token=None) -> dict:
-            logprobs = generation.chat_logprobs(engine, [token]) if body.logprobs and token is not None else None
-            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": entry.model_id}
-            return {"type": "chat.completion.chunk", "id": request_id, "chunk": {**payload, "choices": [choice]}}
+        chunks = generation.ChatChunks(engine, completion_id, created, entry.model_id, body.logprobs)
+
+        def chunk(*arguments, **options) -> dict:
+            return {"type": "chat.completion.chunk", "id": request_id, "chunk": chunks(*arguments, **options)}
 
         try:
             tickets = await generation.admit(engine, requests)
