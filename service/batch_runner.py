@@ -8,12 +8,30 @@ rows of different lengths share a step). SerialRunner adapts a single-sequence d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnxruntime as ort
 
-from service.dynamic_generator import DynamicCacheGenerator
-from service.generator import ModelShape
 from service.kv_cache import SlotCache
+
+if TYPE_CHECKING:
+    from service.dynamic_generator import DynamicCacheGenerator
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelShape:
+        return cls(
+            config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"], config["vocab_size"]
+        )
 
 
 class BatchRunner:

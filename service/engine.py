@@ -26,7 +26,7 @@ import numpy as np
 from service.batch_runner import BatchRunner, SerialRunner
 from service.detokenizer import Detokenizer
 from service.dynamic_generator import DynamicCacheGenerator
-from service.generator import DecodeLoop, Generator, ModelShape
+from service.generator import PREFILL_CHUNK, DecodeLoop, Generator, ModelShape
 from service.model_folder import ModelFolder
 from service.runtime import Placement, create_session
 from service.sequence import (
@@ -48,9 +48,8 @@ __all__ = ["Admitted", "Engine", "EngineBusy", "Event", "Failed", "Finished", "G
 
 log = logging.getLogger(__name__)
 
-# Prompt tokens per graph run: whole chunks while nothing else runs, smaller ones while other
-# sequences are decoding, so their next token is never more than one small chunk away.
-PREFILL_CHUNK = 512
+# Prompt tokens per graph run while other sequences are decoding (PREFILL_CHUNK otherwise), so
+# their next token is never more than one small chunk away.
 INTERLEAVED_PREFILL_CHUNK = 128
 
 
