@@ -25,6 +25,7 @@ log = logging.getLogger("service")
 
 DATA_DIR_VARIABLE = "LLM_DATA_DIR"
 API_KEYS_VARIABLE = "LLM_API_KEYS"
+DATABASE_URL_VARIABLE = "LLM_DATABASE_URL"
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,6 +49,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=Path(os.environ.get(DATA_DIR_VARIABLE) or defaults.data_dir),
         help=f"where the sessions database, API keys and the models registered through the API live (default ${DATA_DIR_VARIABLE}, else ./{defaults.data_dir})",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(DATABASE_URL_VARIABLE) or None,
+        metavar="URL",
+        help=f"PostgreSQL URL (postgresql://user:password@host:5432/db) for sessions and the model registry, shared by replicas (default ${DATABASE_URL_VARIABLE}; unset: SQLite files in the data dir)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device, help="default auto: CUDA when usable")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
@@ -138,6 +145,7 @@ def settings_from(arguments: argparse.Namespace) -> Settings:
         models=models,
         models_dir=arguments.models_dir,
         data_dir=arguments.data_dir,
+        database_url=arguments.database_url,
         device=arguments.device,
         threads=arguments.threads,
         max_context=arguments.max_context,

@@ -66,6 +66,9 @@ class Settings:
     cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"
     # Where state that outlives the process lives: the sessions database (sessions.sqlite3).
     data_dir: Path = Path("data")
+    # PostgreSQL URL (postgresql://user:password@host:5432/db) for sessions and the model registry,
+    # so several replicas share them; None: SQLite files in data_dir.
+    database_url: str | None = None
     # Where traces go (OTLP/HTTP traces URL); None: OTEL_EXPORTER_OTLP_ENDPOINT, else nowhere.
     otlp_endpoint: str | None = None
     # Seconds SIGTERM waits for accepted generation requests to finish before shutting down.
