@@ -1,5 +1,5 @@
 """/v1/ws over a real Hypercorn server with a real WebSocket client: streaming chat completions,
-several per socket, cancellation, errors as events and keep-alive."""
+several per socket, cancellation, sessions, errors as events and keep-alive."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+
+from tests.support import ServiceProcess
 
 SMOL = "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -178,10 +180,10 @@ def chat_message(**fields) -> str:
         (chat_message(id="x", messages=[]), "x", "messages", "invalid_value"),
         ('{"type": "cancel", "id": "never-sent"}', "never-sent", "id", "request_not_found"),
         (json.dumps({"type": "ping", "padding": "x" * (1024 * 1024)}), None, None, "message_too_large"),
-        (chat_message(id="x", session_id="sess_1"), "x", "session_id", "unsupported_parameter"),
+        (chat_message(id="x", session_id="sess_1"), "x", "session_id", "session_not_found"),
     ],
     ids=["invalid-json", "unknown-type", "missing-type", "missing-id", "temperature-5", "unknown-model", "no-messages",
-         "cancel-unknown-id", "too-large", "session-id"],
+         "cancel-unknown-id", "too-large", "unknown-session"],
 )
 def test_a_bad_message_is_answered_with_an_error_event_and_the_socket_stays_open(api_server, message, request_id, param, code):
     with open_socket(api_server) as socket:
@@ -250,3 +252,105 @@ def test_a_page_from_a_foreign_origin_is_refused_and_a_loopback_page_is_served(a
         answer = receive(socket, timeout=5)
 
     assert (refused.value.response.status_code, answer["type"]) == (403, "pong")
+
+
+def create_session(server, headers: dict | None = None, **fields) -> str:
+    response = httpx.post(f"{server.url}/v1/sessions", json=fields, headers=headers, timeout=30)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def stored_messages(server, session_id: str) -> list[tuple[int, str, str]]:
+    response = httpx.get(f"{server.url}/v1/sessions/{session_id}", timeout=30)
+    assert response.status_code == 200, response.text
+    return [(message["turn"], message["role"], message["content"]) for message in response.json()["messages"]]
+
+
+def sse_usage(server, **body) -> dict:
+    """Streams a chat completion over SSE to its end and returns its usage."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200, response.read()
+        payloads = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    return payloads[-1]["usage"]
+
+
+def test_a_session_over_the_socket_keeps_the_same_turns_as_over_sse(api_server):
+    over_sse = create_session(api_server, system_prompt="Answer in one short sentence.")
+    over_socket = create_session(api_server, system_prompt="Answer in one short sentence.")
+    questions = ["My name is Ada. What is the capital of France?", "What is my name?"]
+    sse_usages, socket_usages = [], []
+
+    with open_socket(api_server) as socket:
+        for turn, question in enumerate(questions):
+            request = dict(model=SMOL, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24)
+            sse_usages.append(counts(sse_usage(api_server, session_id=over_sse, **request)))
+            send(socket, type="chat.completion", id=f"turn-{turn}", session_id=over_socket, **request)
+            socket_usages.append(counts(events_until_ended(socket, [f"turn-{turn}"])[f"turn-{turn}"][-1]["usage"]))
+
+    remembered = stored_messages(api_server, over_socket)
+    # The second prompt holds the first turn: the socket read the history as well as saving it.
+    assert (remembered, socket_usages) == (stored_messages(api_server, over_sse), sse_usages)
+    assert [role for _, role, _ in remembered] == ["system", "user", "assistant", "user", "assistant"]
+
+
+def test_the_answer_a_session_keeps_is_the_text_the_socket_streamed(api_server):
+    session_id = create_session(api_server)
+    with open_socket(api_server) as socket:
+        send(socket, type="chat.completion", id="q", session_id=session_id, model=SMOL, messages=QUESTION, max_tokens=16, seed=3)
+        events = events_until_ended(socket, ["q"])["q"]
+
+    assert (events[-1]["type"], stored_messages(api_server, session_id)) == (
+        "done", [(1, "user", QUESTION[0]["content"]), (1, "assistant", text_of(events))]
+    )
+
+
+def test_a_cancelled_request_leaves_its_session_as_it_was(api_server):
+    session_id = create_session(api_server, system_prompt="Be brief.")
+    before = stored_messages(api_server, session_id)
+    with open_socket(api_server) as socket:
+        send(socket, type="chat.completion", id="long", session_id=session_id, **LONG)
+        wait_until_streaming(socket, ["long"])
+        send(socket, type="cancel", id="long")
+        ending = events_until_ended(socket, ["long"])["long"][-1]
+
+    assert (ending["type"], stored_messages(api_server, session_id)) == ("cancelled", before)
+
+
+def test_a_session_deleted_while_answering_ends_the_request_with_session_not_found(api_server):
+    session_id = create_session(api_server)
+    with open_socket(api_server) as socket:
+        send(socket, type="chat.completion", id="q", session_id=session_id, model=SMOL, messages=QUESTION,
+             max_tokens=200, ignore_eos=True, temperature=0)
+        wait_until_streaming(socket, ["q"])
+        assert httpx.delete(f"{api_server.url}/v1/sessions/{session_id}", timeout=30).status_code == 200
+        events = events_until_ended(socket, ["q"])["q"]
+
+    assert_error_event(events[-1], "q", "session_id", "session_not_found")
+    assert events[-1]["status"] == 404 and text_of(events)
+
+
+OWNER_KEY, STRANGER_KEY = "sk-test-ws-owner", "sk-test-ws-stranger"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model_dir, artifacts, tmp_path_factory):
+    server = ServiceProcess(
+        "--model", f"tiny={tiny_model_dir}", "--models-dir", str(tmp_path_factory.mktemp("models")),
+        "--api-key", OWNER_KEY, "--api-key", STRANGER_KEY, log_path=artifacts / "ws_keyed_server.log",
+    )
+    yield server
+    server.stop()
+
+
+def test_a_socket_reaches_only_the_sessions_of_its_own_key(keyed_server):
+    session_id = create_session(keyed_server, headers={"Authorization": f"Bearer {OWNER_KEY}"})
+    request = dict(type="chat.completion", session_id=session_id, model="tiny", messages=QUESTION, max_tokens=4)
+    endings = {}
+    for key in (STRANGER_KEY, OWNER_KEY):
+        with open_socket(keyed_server, additional_headers={"Authorization": f"Bearer {key}"}) as socket:
+            send(socket, id=key, **request)
+            endings[key] = events_until_ended(socket, [key])[key][-1]
+
+    assert_error_event(endings[STRANGER_KEY], STRANGER_KEY, "session_id", "session_not_found")
+    assert endings[OWNER_KEY]["type"] == "done"

@@ -3,7 +3,8 @@
 A long-lived client (the SPA) keeps one socket and tells its requests apart by the `id` it gives
 each. Every request ends with exactly one `done`, `cancelled` or `error` event, and a bad message
 is answered with an `error` event rather than a closed socket, so one mistake never costs the
-other requests their stream. The message schema is in docs/websocket.md.
+other requests their stream. A request with `session_id` is prompted with the session's history
+and saves its turn as POST /v1/chat/completions does. The message schema is in docs/websocket.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from service.errors import APIError, error_body
 from service.registry import ModelEntry, ModelRegistry
 from service.routes import chat, generation
 from service.routes.models import ready_model
+from service.routes.sessions import SessionHistory, session_history
 from service.schemas import ChatCompletionRequest, decode_body
 from service.settings import Settings
 
@@ -101,7 +103,7 @@ class ChatSocket:
             envelope = decode_body(data, Envelope)
             request_id = envelope.id
             if envelope.type == "chat.completion":
-                self.start(self.required_id(envelope), data)
+                await self.start(self.required_id(envelope), data)
             elif envelope.type == "cancel":
                 await self.cancel(self.required_id(envelope))
             elif envelope.type == "ping":
@@ -125,7 +127,7 @@ class ChatSocket:
             raise APIError(400, f"a {envelope.type} message needs an `id`, a non-empty string", param="id", code="invalid_value")
         return envelope.id
 
-    def start(self, request_id: str, data: bytes) -> None:
+    async def start(self, request_id: str, data: bytes) -> None:
         """Validates the request now, so its mistakes come back at once, then runs it as a task."""
         if request_id in self.requests:
             raise APIError(
@@ -138,17 +140,14 @@ class ChatSocket:
                 "wait for one to end", code="too_many_requests",
             )
         body = decode_body(data, ChatCompletionRequest)
-        if body.session_id is not None:
-            raise APIError(
-                400, "session_id is not supported over WebSocket yet; use POST /v1/chat/completions",
-                param="session_id", code="unsupported_parameter",
-            )
         chat.check_guards(self.websocket, body)
         entry = ready_model(self.registry, body.model)
-        prompt_ids = chat._prompt_ids(entry.engine, body)
+        # The socket's handshake carries the key, so it sees the sessions that key owns.
+        history = await session_history(self.websocket, body.session_id) if body.session_id is not None else None
+        prompt_ids = chat._prompt_ids(entry.engine, body, history)
         requests = generation.choices_of(chat._generation_request(entry.engine, body, prompt_ids), body.n)
         limits.check_admission(self.websocket, requests, "messages")
-        self.requests[request_id] = asyncio.create_task(self.complete(request_id, entry, body, len(prompt_ids), requests))
+        self.requests[request_id] = asyncio.create_task(self.complete(request_id, entry, body, len(prompt_ids), requests, history))
 
     async def cancel(self, request_id: str) -> None:
         task = self.requests.pop(request_id, None)
@@ -158,7 +157,13 @@ class ChatSocket:
         await self.send({"type": "cancelled", "id": request_id})
 
     async def complete(
-        self, request_id: str, entry: ModelEntry, body: ChatCompletionRequest, prompt_tokens: int, requests: list[GenerationRequest]
+        self,
+        request_id: str,
+        entry: ModelEntry,
+        body: ChatCompletionRequest,
+        prompt_tokens: int,
+        requests: list[GenerationRequest],
+        history: SessionHistory | None,
     ) -> None:
         """Streams one request's chunks and ends it with `done`, or `error` when it is refused or fails."""
         engine = entry.engine
@@ -173,11 +178,14 @@ class ChatSocket:
         try:
             tickets = await generation.admit(engine, requests)
             finished: dict[int, Finished] = {}
+            first_answer: list[str] = []  # choice 0, the one a session keeps
             try:
                 for index in range(len(tickets)):
                     await self.send_for(request_id, chunk(index, {"role": "assistant", "content": ""}))
                 async with aclosing(generation.merged(tickets)) as events:
                     async for index, event in events:
+                        if index == 0 and isinstance(event, (TextDelta, Finished)):
+                            first_answer.append(event.text)
                         if isinstance(event, TextDelta) and (event.text or body.logprobs):
                             await self.send_for(request_id, chunk(index, {"content": event.text}, token=event.token))
                         elif isinstance(event, Finished):
@@ -192,12 +200,42 @@ class ChatSocket:
                     ticket.cancel()
             reasons = [finished[index].finish_reason for index in range(len(tickets))]
             usage = generation.usage(list(finished.values()), prompt_tokens)
-            await self.send_for(request_id, {"type": "done", "id": request_id, "finish_reasons": reasons, "usage": usage}, last=True)
+            done = {"type": "done", "id": request_id, "finish_reasons": reasons, "usage": usage}
+            if history is not None and chat._answered(list(finished.values())):
+                await self.remember(request_id, history, entry, body, "".join(first_answer), done)
+            else:
+                await self.send_for(request_id, done, last=True)
         except APIError as error:
             await self.send_for(request_id, error_event(request_id, error), last=True)
         except Exception:
             log.exception("a WebSocket chat completion failed", extra={"request_id": request_id})
             await self.send_for(request_id, internal_error_event(request_id), last=True)
+
+    async def remember(
+        self, request_id: str, history: SessionHistory, entry: ModelEntry, body: ChatCompletionRequest, answer: str, done: dict
+    ) -> None:
+        """Saves the turn, then sends `done`; as over SSE, a turn is saved only once answered whole.
+
+        The request ends before saving starts, so a `cancel` arriving meanwhile is answered
+        `request_not_found` (as when it crosses `done`) and never follows a saved turn."""
+        if not await self.end(request_id):
+            return
+        try:
+            await history.append_turn(entry.engine, body.messages, answer)
+        except APIError as error:  # the session was deleted while answering
+            done = error_event(request_id, error)
+        except Exception:
+            log.exception("saving a WebSocket turn failed", extra={"request_id": request_id})
+            done = internal_error_event(request_id)
+        await self.send(done)
+
+    async def end(self, request_id: str) -> bool:
+        """Ends a request without sending; False if it has ended already (cancelled)."""
+        async with self._send_lock:
+            if self.requests.get(request_id) is not asyncio.current_task():
+                return False
+            del self.requests[request_id]
+            return True
 
     async def send_for(self, request_id: str, payload: dict, last: bool = False) -> None:
         """Sends a request's event while it is still in flight; `last` ends it, so a `cancel`
