@@ -14,7 +14,7 @@ from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS
 from converter.quantization import OWN_INT4, QUANT_MODES
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m converter",
         description="Convert a GGUF file or a Hugging Face checkpoint folder into a model folder "
@@ -62,7 +62,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-id", help="the id the service lists the model under (default: the source's name)")
     parser.add_argument("--force", action="store_true", help="replace DIR if it already exists")
     parser.add_argument("--version", action="version", version=f"converter {CONVERTER_VERSION}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

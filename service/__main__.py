@@ -19,7 +19,15 @@ from service.app import create_app
 from service.auth import KeyFile, KeyRing
 from service.logs import configure_logging
 from service.routes.health import drain
-from service.configuration import API_KEYS_VARIABLE, CONFIG_VARIABLE, ConfigError, add_options, resolve_values, settings_from_values
+from service.configuration import (
+    API_KEYS_VARIABLE,
+    CONFIG_VARIABLE,
+    ConfigError,
+    add_options,
+    load_config_file,
+    resolve_values,
+    settings_from_values,
+)
 from service.settings import Settings, embedded_default_model
 
 log = logging.getLogger("service")
@@ -27,7 +35,7 @@ log = logging.getLogger("service")
 DATA_DIR_VARIABLE = "LLM_DATA_DIR"
 
 
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description="OpenAI-compatible LLM inference service. Every option can also be set in a TOML config file "
@@ -48,7 +56,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_options(parser)
     parser.add_argument("--version", action="version", version=f"service {SERVICE_VERSION}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def settings_from(arguments: argparse.Namespace, environment: dict[str, str] | None = None) -> tuple[Settings, str]:
@@ -101,26 +113,53 @@ def unauthenticated_exposure(settings: Settings) -> str | None:
     )
 
 
-def keys_command(argv: list[str]) -> int:
-    """python -m service keys create|list|revoke: manage the keys file."""
+def keys_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service keys", description="Manage API keys (stored as SHA-256 hashes).")
     parser.add_argument(
         "--keys-file", type=Path, default=None,
-        help=f"the keys file (default DATA_DIR/keys.json, DATA_DIR from ${DATA_DIR_VARIABLE}, else ./data)",
+        help="the keys file (default: the config file's keys_file, else DATA_DIR/keys.json)",
     )
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get(DATA_DIR_VARIABLE) or Settings().data_dir))
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--data-dir", type=Path, default=None,
+        help=f"the service's data folder (default ${DATA_DIR_VARIABLE}, else the config file's data_dir, else ./data)",
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, metavar="FILE",
+        help=f"the service's TOML config file, for keys_file and data_dir (default ${CONFIG_VARIABLE}; unset: none)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{create,list,revoke}")
     create = commands.add_parser("create", help="create a key and print it (shown this once only)")
-    create.add_argument("--name", required=True)
+    create.add_argument("--name", required=True, help="a name to list, limit and revoke the key by")
     create.add_argument("--admin", action="store_true", help="may also register and remove models")
     create.add_argument("--rpm", type=int, default=0, help="requests per minute (default: no limit)")
     create.add_argument("--tpm", type=int, default=0, help="tokens per minute, prompt plus max_tokens (default: no limit)")
     create.add_argument("--streams", type=int, default=0, help="concurrent generations (default: no limit)")
     commands.add_parser("list", help="list keys (never the keys themselves)")
     revoke = commands.add_parser("revoke", help="delete a key by name or id")
-    revoke.add_argument("name_or_id")
-    arguments = parser.parse_args(argv)
-    keys = KeyFile(arguments.keys_file or arguments.data_dir / "keys.json")
+    revoke.add_argument("name_or_id", help="the key's name or id, as `keys list` shows them")
+    return parser
+
+
+def keys_path(arguments: argparse.Namespace) -> Path:
+    """The keys file the service itself would read: flag, environment, config file, default."""
+    if arguments.keys_file:
+        return arguments.keys_file
+    config_path = arguments.config or os.environ.get(CONFIG_VARIABLE)
+    from_file = load_config_file(Path(config_path).expanduser()) if config_path else {}
+    if from_file.get("keys_file"):
+        return from_file["keys_file"]
+    data_dir = arguments.data_dir or os.environ.get(DATA_DIR_VARIABLE) or from_file.get("data_dir") or Settings().data_dir
+    return Path(data_dir) / "keys.json"
+
+
+def keys_command(argv: list[str]) -> int:
+    """python -m service keys create|list|revoke: manage the keys file."""
+    arguments = keys_parser().parse_args(argv)
+    try:
+        keys = KeyFile(keys_path(arguments))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         if arguments.command == "create":
             key, plaintext = keys.create(arguments.name, arguments.admin, arguments.rpm, arguments.tpm, arguments.streams)

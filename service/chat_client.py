@@ -71,7 +71,7 @@ class Client:
                         yield text
 
 
-def parse_arguments(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service chat", description="Chat with a running service from the terminal.")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default http://127.0.0.1:8000)")
     parser.add_argument("--model", help="model id (default: the first ready model)")
@@ -79,9 +79,13 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-session", action="store_true", help="keep the history in this process only")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE), help=f"API key (default ${API_KEY_VARIABLE})")
     parser.add_argument("--system", help="system prompt for a new conversation")
-    parser.add_argument("--temperature", type=float, default=None)
-    parser.add_argument("--max-tokens", type=int, default=None)
-    return parser.parse_args(argv)
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0 for greedy (default: the model's)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="most tokens per answer (default: the rest of the context)")
+    return parser
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def first_ready_model(client: Client) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.__main__ import parse_arguments, settings_from
+from converter.__main__ import build_parser as converter_parser
+from service.__main__ import build_parser as service_parser
+from service.__main__ import keys_parser, parse_arguments, settings_from
+from service.chat_client import build_parser as chat_parser
 from service.configuration import (
     EXAMPLE_PATH,
     OPTIONS,
@@ -172,3 +177,30 @@ def test_a_server_runs_from_a_config_file(tiny_model_dir, tmp_path, artifacts):
         assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
     finally:
         server.stop()
+
+
+def documented_actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, subparser in action.choices.items():
+                yield from ((f"{name} {flag}", help_text) for flag, help_text in documented_actions(subparser))
+            continue
+        yield (action.option_strings or [action.dest])[0], action.help
+
+
+@pytest.mark.parametrize(
+    "parser", [service_parser(), keys_parser(), chat_parser(), converter_parser()], ids=["service", "keys", "chat", "converter"]
+)
+def test_every_flag_of_every_command_line_has_help(parser):
+    undocumented = [flag for flag, help_text in documented_actions(parser) if not help_text or help_text == argparse.SUPPRESS]
+    assert undocumented == []
+
+
+def test_keys_are_created_where_the_config_file_says(tmp_path):
+    config = write(tmp_path, '[storage]\ndata_dir = "state"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "keys", "--config", str(config), "create", "--name", "ops"],
+        capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "LLM_DATA_DIR": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "state" / "keys.json").exists()
