@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 from opentelemetry.trace import TracerProvider
@@ -9,44 +10,66 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from service.auth import AuthenticationMiddleware, KeyRing, SecurityHeadersMiddleware
-from service.errors import APIError, handle_api_error, handle_http_exception, handle_unexpected
+from service.errors import APIError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from service.limits import BodySizeLimitMiddleware, Guards, RateLimitMiddleware
 from service.logs import RequestLogMiddleware
 from service.metrics import HTTPMetricsMiddleware, Metrics, metrics_endpoint
 from service.openapi import openapi_document
 from service.registry import ModelRegistry
-from service.registry_store import RegistryStore
 from service.routes import chat, completions, health, models, sessions, ws
-from service.session_store import SessionStore
 from service.settings import Settings
+from service.storage import check_database_url, open_storage
+from service.storage_errors import DatabaseUnavailable, StorageError, UnstorableValue
 from service.tracing import tracer_provider_from
+
+log = logging.getLogger(__name__)
+# Seconds a client is asked to wait before retrying while the database is unreachable.
+RETRY_AFTER_DATABASE = 2
 
 
 async def _openapi(request) -> JSONResponse:
     return JSONResponse(openapi_document())
 
 
+async def _database_unavailable(request: Request, error: Exception) -> Response:
+    """Sessions and registrations wait on the shared database; other requests still work."""
+    message = f"{error}; sessions and model registrations are unavailable until the database answers again, retry shortly"
+    headers = {"Retry-After": str(RETRY_AFTER_DATABASE)}
+    return error_response(APIError(503, message, code="database_unavailable", headers=headers))
+
+
+async def _unstorable_value(request: Request, error: Exception) -> Response:
+    return error_response(APIError(400, str(error), code="unstorable_value"))
+
+
 def create_app(settings: Settings, tracer_provider: TracerProvider | None = None) -> Starlette:
     """`tracer_provider` replaces the one settings describe (tests pass an in-memory one)."""
+    check_database_url(settings.database_url)
     registry = ModelRegistry(settings)
     metrics = Metrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
-        app.state.sessions = SessionStore.in_folder(settings.data_dir)
-        registry.store = RegistryStore.in_folder(settings.data_dir)
+        try:
+            storage = open_storage(settings)
+        except StorageError as error:  # unreachable or unusable: say why in one line first
+            log.error("cannot start: %s", error)
+            raise
+        app.state.storage = storage
+        app.state.sessions = storage.sessions
+        registry.store = storage.registry
         for spec in settings.models:
             registry.register(spec)
         registry.restore()
         app.state.started = True
         yield
         registry.close()
-        registry.store.close()
-        app.state.sessions.close()
+        storage.close()
 
     routes = [
         Route("/livez", health.livez, methods=["GET"]),
@@ -91,6 +114,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         lifespan=lifespan,
         exception_handlers={
             APIError: handle_api_error,
+            DatabaseUnavailable: _database_unavailable,
+            UnstorableValue: _unstorable_value,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,
         },

@@ -1,55 +1,42 @@
-"""The models registered through the API, kept in SQLite so they come back after a restart.
+"""The models registered through the API, kept so they come back after a restart.
 
 Models named on the command line are configuration and are not stored; POST /v1/models adds a
 row, DELETE removes it, and at startup every row is registered again (converted folders are
 cached, so a restart does not convert twice). One small table; writes are rare.
+
+Two stores implement `RegistryStore`: a SQLite file in the data folder
+(service/sqlite_registry_store.py) and PostgreSQL shared by replicas
+(service/postgres_registry_store.py). A row is (id, source path, options as JSON, created).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 from service.registry import ModelOptions
 from service.settings import ModelSpec
 
-DATABASE_FILE = "registry.sqlite3"
 
-
-class RegistryStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=FULL")
-        self._connection.execute(
-            "CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, source TEXT NOT NULL, options TEXT NOT NULL, created INTEGER NOT NULL)"
-        )
-
-    @classmethod
-    def in_folder(cls, data_dir: Path) -> RegistryStore:
-        return cls(data_dir / DATABASE_FILE)
-
+class RegistryStore(Protocol):
     def save(self, spec: ModelSpec, options: ModelOptions, created: int) -> None:
-        with self._lock:
-            self._connection.execute(
-                "INSERT OR REPLACE INTO models (id, source, options, created) VALUES (?, ?, ?, ?)",
-                (spec.model_id, str(spec.source), json.dumps(asdict(options)), created),
-            )
+        """Adds the model, or replaces the one with its id."""
+        ...
 
-    def delete(self, model_id: str) -> None:
-        with self._lock:
-            self._connection.execute("DELETE FROM models WHERE id = ?", (model_id,))
+    def delete(self, model_id: str) -> None: ...
 
     def load(self) -> list[tuple[ModelSpec, ModelOptions]]:
-        with self._lock:
-            rows = self._connection.execute("SELECT id, source, options FROM models ORDER BY created, id").fetchall()
-        return [(ModelSpec(Path(source), model_id), ModelOptions(**json.loads(options))) for model_id, source, options in rows]
+        """Every stored model, oldest first."""
+        ...
 
-    def close(self) -> None:
-        with self._lock:
-            self._connection.close()
+    def close(self) -> None: ...
+
+
+def model_row(spec: ModelSpec, options: ModelOptions, created: int) -> tuple[str, str, str, int]:
+    return spec.model_id, str(spec.source), json.dumps(asdict(options)), created
+
+
+def stored_model(model_id: str, source: str, options: str) -> tuple[ModelSpec, ModelOptions]:
+    return ModelSpec(Path(source), model_id), ModelOptions(**json.loads(options))

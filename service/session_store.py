@@ -1,89 +1,30 @@
-"""Chat sessions and their messages in SQLite, searchable with FTS5, intact after a crash.
+"""Chat sessions and their messages: what every session store keeps and returns.
 
-Durability: the database runs in WAL mode with `synchronous=FULL`, so every committed turn is
-fsynced to the WAL before the commit returns. A killed process loses nothing committed (NORMAL
-would already give that), and a power cut or kernel crash loses nothing either (NORMAL may roll
-back the last commits there). The price is one fsync per chat turn, small next to generating
-the answer. Each turn is one transaction, so a crash leaves either the whole turn or none of it.
+Two stores implement `SessionStore`: SQLite files in the data folder (the default,
+service/sqlite_session_store.py) and PostgreSQL shared by several replicas
+(service/postgres_session_store.py); service/storage.py picks one from the settings. The routes
+see only this interface, so both must behave the same: tests/test_sessions.py runs against both.
 
-Threads: one connection guarded by a lock. The methods block (a commit waits for the fsync),
-so async handlers call them through `asyncio.to_thread` to keep the event loop streaming.
+Owners: every session has an `owner` (null until API keys exist) and every query filters on it,
+so a null owner sees exactly the sessions created without one.
 
-Owners: every session has an `owner` (null until API keys exist) and every query filters on it
-with `owner IS ?`, so a null owner sees exactly the sessions created without one.
+The methods block (a commit waits for the disk or the network), so async handlers call them
+through `asyncio.to_thread` to keep the event loop streaming.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
-DATABASE_FILE = "sessions.sqlite3"
-# Length of a search result's snippet, in tokens as FTS5's snippet() counts them.
+# Length of a search result's snippet, in words.
 SNIPPET_TOKENS = 16
 HIGHLIGHT = "**"
 
-# Each migration is a list of statements (trigger bodies contain semicolons, so no scripts);
-# MIGRATIONS[n] takes the schema from version n to n + 1. Append, never edit a released one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE sessions (
-            id TEXT PRIMARY KEY,
-            created INTEGER NOT NULL,
-            updated INTEGER NOT NULL,
-            title TEXT,
-            model TEXT,
-            owner TEXT DEFAULT NULL,
-            metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
-            max_turns INTEGER,
-            max_tokens INTEGER
-        )""",
-        "CREATE INDEX sessions_by_owner ON sessions (owner, id)",
-        # `turn` groups what one chat request added: its messages and the answer. Turn 0 holds
-        # the system prompt given at creation.
-        """CREATE TABLE messages (
-            id INTEGER PRIMARY KEY,
-            session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,
-            turn INTEGER NOT NULL,
-            role TEXT NOT NULL,
-            content TEXT NOT NULL,
-            token_count INTEGER,
-            created INTEGER NOT NULL,
-            UNIQUE (session_id, position)
-        )""",
-        # External content: the index reads text from `messages`, the triggers keep it in step.
-        """CREATE VIRTUAL TABLE message_search USING fts5 (
-            content, session_id UNINDEXED,
-            content = 'messages', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
-        )""",
-        """CREATE TRIGGER messages_indexed AFTER INSERT ON messages BEGIN
-            INSERT INTO message_search (rowid, content, session_id) VALUES (new.id, new.content, new.session_id);
-        END""",
-        """CREATE TRIGGER messages_unindexed AFTER DELETE ON messages BEGIN
-            INSERT INTO message_search (message_search, rowid, content, session_id)
-            VALUES ('delete', old.id, old.content, old.session_id);
-        END""",
-        """CREATE TRIGGER messages_reindexed AFTER UPDATE ON messages BEGIN
-            INSERT INTO message_search (message_search, rowid, content, session_id)
-            VALUES ('delete', old.id, old.content, old.session_id);
-            INSERT INTO message_search (rowid, content, session_id) VALUES (new.id, new.content, new.session_id);
-        END""",
-    ),
-)
-
-_SESSION_COLUMNS = "id, created, updated, title, model, owner, metadata, max_turns, max_tokens"
-
-
-class SessionStoreError(RuntimeError):
-    """The database cannot be used: written by a newer service, or WAL is unavailable."""
+SESSION_COLUMNS = "id, created, updated, title, model, owner, metadata, max_turns, max_tokens"
 
 
 class SessionNotFound(LookupError):
@@ -123,8 +64,11 @@ class StoredSession:
 
     @classmethod
     def from_row(cls, row: tuple, snippet: str | None = None) -> StoredSession:
+        """A row of SESSION_COLUMNS; metadata as JSON text (SQLite) or already decoded (PostgreSQL)."""
         session_id, created, updated, title, model, owner, metadata, max_turns, max_tokens = row
-        return cls(session_id, created, updated, title, model, owner, json.loads(metadata), max_turns, max_tokens, snippet)
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        return cls(session_id, created, updated, title, model, owner, metadata, max_turns, max_tokens, snippet)
 
 
 def new_session_id() -> str:
@@ -133,79 +77,7 @@ def new_session_id() -> str:
     return f"sess_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
-def search_expression(text: str) -> str | None:
-    """An FTS5 query matching messages that hold every word of `text`.
-
-    Each whitespace-separated term is quoted (inner quotes doubled), so operators and
-    punctuation (`AND`, `*`, `"`, `(`) are searched as text and any input is a valid query.
-    A NUL would end the query early in FTS5's parser, so it separates terms like a space.
-    """
-    terms = text.replace("\x00", " ").split()
-    if not terms:
-        return None
-    return " ".join('"' + term.replace('"', '""') + '"' for term in terms)
-
-
-def migrate(connection: sqlite3.Connection) -> int:
-    """Brings the schema to the newest version in one transaction; returns that version."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = connection.execute("SELECT version FROM schema_version").fetchone()
-        version = row[0] if row else 0
-        if version > len(MIGRATIONS):
-            raise SessionStoreError(
-                f"the session database has schema version {version}, newer than this service's "
-                f"{len(MIGRATIONS)}; upgrade the service or use another --data-dir"
-            )
-        for statements in MIGRATIONS[version:]:
-            for statement in statements:
-                connection.execute(statement)
-        connection.execute("DELETE FROM schema_version")
-        connection.execute("INSERT INTO schema_version (version) VALUES (?)", (len(MIGRATIONS),))
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-    return len(MIGRATIONS)
-
-
-class SessionStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        # Autocommit mode: transactions are the explicit BEGIN/COMMIT below, nothing implicit.
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-        mode = self._connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            self._connection.close()
-            raise SessionStoreError(f"{path}: SQLite cannot use WAL here (journal mode {mode!r}); use a local --data-dir")
-        self._connection.execute("PRAGMA synchronous = FULL")
-        self._connection.execute("PRAGMA foreign_keys = ON")
-        self._connection.execute("PRAGMA busy_timeout = 5000")
-        migrate(self._connection)
-
-    @classmethod
-    def in_folder(cls, data_dir: Path) -> SessionStore:
-        return cls(data_dir / DATABASE_FILE)
-
-    def close(self) -> None:
-        with self._lock:
-            self._connection.close()
-
-    @contextmanager
-    def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """One transaction under the lock; IMMEDIATE for writes so they never fail to upgrade."""
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield self._connection
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-
+class SessionStore(Protocol):
     def create(
         self,
         *,
@@ -216,109 +88,30 @@ class SessionStore:
         max_turns: int | None = None,
         max_tokens: int | None = None,
         system_prompt: NewMessage | None = None,
-    ) -> StoredSession:
-        now = int(time.time())
-        session = StoredSession(new_session_id(), now, now, title, model, owner, metadata or {}, max_turns, max_tokens)
-        with self._transaction(write=True) as connection:
-            connection.execute(
-                f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (session.id, now, now, title, model, owner, json.dumps(session.metadata), max_turns, max_tokens),
-            )
-            if system_prompt is not None:
-                self._insert_messages(connection, session.id, 0, 0, [system_prompt], now)
-        return session
+    ) -> StoredSession: ...
 
-    def get(self, session_id: str, owner: str | None = None) -> StoredSession | None:
-        with self._transaction(write=False) as connection:
-            return self._session(connection, session_id, owner)
+    def get(self, session_id: str, owner: str | None = None) -> StoredSession | None: ...
 
     def get_with_messages(self, session_id: str, owner: str | None = None) -> tuple[StoredSession, list[StoredMessage]] | None:
         """The session and its messages in position order, read from one snapshot."""
-        with self._transaction(write=False) as connection:
-            session = self._session(connection, session_id, owner)
-            if session is None:
-                return None
-            rows = connection.execute(
-                "SELECT position, turn, role, content, token_count, created FROM messages WHERE session_id = ? ORDER BY position",
-                (session_id,),
-            ).fetchall()
-        return session, [StoredMessage(*row) for row in rows]
+        ...
 
     def list_sessions(
         self, *, owner: str | None = None, limit: int = 20, after: str | None = None, query: str | None = None
     ) -> tuple[list[StoredSession], bool]:
         """Sessions newest first, those older than `after`, up to `limit`, and whether more
-        follow. With `query`, only sessions with a message holding every word of it, each with
-        a snippet of its best-ranked matching message."""
-        expression = search_expression(query) if query else None
-        clauses, parameters = ["owner IS ?"], [owner]
-        if after is not None:
-            clauses.append("id < ?")
-            parameters.append(after)
-        if expression is not None:
-            clauses.append("id IN (SELECT session_id FROM message_search WHERE message_search MATCH ?)")
-            parameters.append(expression)
-        with self._transaction(write=False) as connection:
-            rows = connection.execute(
-                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
-                (*parameters, limit + 1),
-            ).fetchall()
-            rows, has_more = rows[:limit], len(rows) > limit
-            snippets = self._snippets(connection, expression, [row[0] for row in rows]) if expression and rows else {}
-        return [StoredSession.from_row(row, snippets.get(row[0])) for row in rows], has_more
+        follow. With `query`, only sessions with a message holding every word of it (case and
+        accents ignored, whole words), each with a snippet of its best-ranked matching message."""
+        ...
 
     def delete(self, session_id: str, owner: str | None = None) -> bool:
-        """Deletes the session and, by cascade, its messages and their search entries."""
-        with self._transaction(write=True) as connection:
-            cursor = connection.execute("DELETE FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
-            return cursor.rowcount > 0
+        """Deletes the session with its messages; False if this owner has no such session."""
+        ...
 
     def append_turn(self, session_id: str, messages: list[NewMessage], owner: str | None = None) -> int:
         """Appends one turn (a request's messages and its answer) atomically; returns its number.
+        Concurrent appends to one session store whole turns one after the other, never
+        interleaved. Raises SessionNotFound if the session is gone."""
+        ...
 
-        Positions and the turn number are taken inside the transaction, so concurrent requests
-        on one session append whole turns one after the other, never interleaved.
-        """
-        now = int(time.time())
-        with self._transaction(write=True) as connection:
-            if self._session(connection, session_id, owner) is None:
-                raise SessionNotFound(session_id)
-            position, turn = connection.execute(
-                "SELECT COALESCE(MAX(position) + 1, 0), COALESCE(MAX(turn) + 1, 1) FROM messages WHERE session_id = ?",
-                (session_id,),
-            ).fetchone()
-            self._insert_messages(connection, session_id, position, turn, messages, now)
-            connection.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
-        return turn
-
-    @staticmethod
-    def _session(connection: sqlite3.Connection, session_id: str, owner: str | None) -> StoredSession | None:
-        row = connection.execute(
-            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner)
-        ).fetchone()
-        return None if row is None else StoredSession.from_row(row)
-
-    @staticmethod
-    def _insert_messages(
-        connection: sqlite3.Connection, session_id: str, position: int, turn: int, messages: list[NewMessage], now: int
-    ) -> None:
-        connection.executemany(
-            "INSERT INTO messages (session_id, position, turn, role, content, token_count, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (session_id, position + offset, turn, message.role, message.content, message.token_count, now)
-                for offset, message in enumerate(messages)
-            ],
-        )
-
-    @staticmethod
-    def _snippets(connection: sqlite3.Connection, expression: str, session_ids: list[str]) -> dict[str, str]:
-        placeholders = ", ".join("?" * len(session_ids))
-        rows = connection.execute(
-            f"SELECT session_id, snippet(message_search, 0, ?, ?, '…', ?) FROM message_search "
-            f"WHERE message_search MATCH ? AND session_id IN ({placeholders}) ORDER BY rank",
-            (HIGHLIGHT, HIGHLIGHT, SNIPPET_TOKENS, expression, *session_ids),
-        ).fetchall()
-        snippets: dict[str, str] = {}
-        for session_id, snippet in rows:
-            snippets.setdefault(session_id, snippet)
-        return snippets
+    def close(self) -> None: ...

@@ -1,6 +1,10 @@
 """Probes: /livez says the process answers, /startupz that startup registered the models,
 /readyz that a model can serve requests and the service is not draining.
 
+/readyz also reports the database (`"database": "ok"` or `"unavailable"`) without failing on
+it: every replica shares one database, so taking them all out of the load balancer while it is
+down would stop plain completions too; session requests answer 503 meanwhile.
+
 Draining (SIGTERM): generation requests already accepted run to the end while new ones get
 503 and /readyz turns 503, so a load balancer moves traffic elsewhere before the exit.
 """
@@ -15,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_body
+from service.storage_errors import DatabaseUnavailable
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 RETRY_AFTER_DRAINING = 5
@@ -30,14 +35,26 @@ async def startupz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "starting"}, status_code=503)
 
 
+async def database_state(request: Request) -> str:
+    storage = getattr(request.app.state, "storage", None)
+    if storage is None:
+        return "starting"
+    try:
+        await asyncio.to_thread(storage.check)
+    except DatabaseUnavailable:
+        return "unavailable"
+    return "ok"
+
+
 async def readyz(request: Request) -> JSONResponse:
     registry = request.app.state.registry
     models = {entry.model_id: entry.status for entry in registry.entries()}
+    report = {"models": models, "database": await database_state(request)}
     if getattr(request.app.state, "draining", False):
-        return JSONResponse({"status": "draining", "models": models}, status_code=503)
+        return JSONResponse({"status": "draining", **report}, status_code=503)
     if registry.any_ready():
-        return JSONResponse({"status": "ready", "models": models})
-    return JSONResponse({"status": "loading", "models": models}, status_code=503)
+        return JSONResponse({"status": "ready", **report})
+    return JSONResponse({"status": "loading", **report}, status_code=503)
 
 
 class DrainGate:

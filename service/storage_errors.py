@@ -1,0 +1,20 @@
+"""What can go wrong with the database behind sessions and the model registry, as values the
+app turns into answers: a 503 while the database is unreachable, a refusal to start otherwise."""
+
+from __future__ import annotations
+
+
+class StorageError(RuntimeError):
+    """The database cannot be used: written by a newer service, or set up wrongly."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached now (down, restarting, overloaded); retrying may work."""
+
+
+class UnstorableValue(StorageError):
+    """The database refuses a value the request carries (PostgreSQL text cannot hold NUL)."""
+
+
+class StorageConfigurationError(ValueError):
+    """The settings name a database this service cannot use."""
