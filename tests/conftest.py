@@ -66,3 +66,14 @@ def api_server(tiny_model_dir, smollm2_model_dir, artifacts, tmp_path_factory):
     )
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the whole run (tests/postgres_server.py); each test that
+    needs a clean slate creates its own database in it."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.destroy()

@@ -119,13 +119,19 @@ def test_unloading_an_unknown_model_is_a_404(server):
     assert_error(httpx.delete(f"{server.url}/v1/models/nope", timeout=10), 404, code="model_not_found")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_models_registered_through_the_api_come_back_after_a_restart_and_deleted_ones_do_not(
-    tiny_model_dir, artifacts, tmp_path
+    request, backend, tiny_model_dir, artifacts, tmp_path
 ):
+    # PostgreSQL: each start gets a new data dir, so only the database carries the models over.
+    database = () if backend == "sqlite" else ("--database-url", request.getfixturevalue("postgres_server").create_database())
+    starts = iter(range(2))
+
     def start() -> ServiceProcess:
+        data = tmp_path / ("data" if backend == "sqlite" else f"data-{next(starts)}")
         return ServiceProcess(
-            "--model", f"tiny={tiny_model_dir}", "--data-dir", str(tmp_path / "data"),
-            log_path=artifacts / "registry_restart.log",
+            "--model", f"tiny={tiny_model_dir}", "--data-dir", str(data), *database,
+            log_path=artifacts / f"registry_restart_{backend}.log",
         )
 
     first = start()

@@ -1,6 +1,9 @@
 """Chat sessions over a real server: the /v1/sessions resource, chat completions that use and
 extend a session's history, its memory limit, search, and history that survives restarts and
-kills. A few store-level tests cover what HTTP cannot reach yet (owners, schema versions)."""
+kills. A few store-level tests cover what HTTP cannot reach yet (owners, schema versions).
+
+Every test but the kill test runs twice: against SQLite files (the default) and against PostgreSQL
+(`--database-url`, a real server from tests/postgres_server.py), which must behave the same."""
 
 from __future__ import annotations
 
@@ -8,14 +11,50 @@ import sqlite3
 import uuid
 
 import httpx
+import psycopg
 import pytest
 
 from service.model_folder import ModelFolder
-from service.session_store import DATABASE_FILE, SessionStore, SessionStoreError
+from service.session_store import NewMessage, SessionNotFound
+from service.settings import Settings
+from service.sqlite_session_store import DATABASE_FILE
+from service.storage import open_storage
+from service.storage_errors import StorageError
 from tests.support import ServiceProcess
 from tests.test_api import SMOL, assert_error, chat, sse_payloads
 
 SYSTEM_PROMPT = "You are terse."
+BACKENDS = ["sqlite", "postgres"]
+
+
+def database_arguments(request, backend: str) -> tuple[str, ...]:
+    """What makes a server keep its sessions in `backend`: nothing for SQLite, a new database."""
+    if backend == "sqlite":
+        return ()
+    return ("--database-url", request.getfixturevalue("postgres_server").create_database())
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tiny_model_dir, smollm2_model_dir, artifacts, tmp_path_factory):
+    """The tiny model and SmolLM2 over SQLite (the shared api_server) or over PostgreSQL."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("api_server")
+        return
+    process = ServiceProcess(
+        "--model", f"tiny={tiny_model_dir}", "--model", f"{SMOL}={smollm2_model_dir}",
+        "--models-dir", str(tmp_path_factory.mktemp("models")), "--max-context", "1024",
+        *database_arguments(request, request.param),
+        log_path=artifacts / "sessions_postgres_server.log",
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def storage_settings(request, tmp_path) -> Settings:
+    """Settings naming a fresh, empty store of each backend."""
+    arguments = database_arguments(request, request.param)
+    return Settings(data_dir=tmp_path, database_url=arguments[1] if arguments else None)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +97,8 @@ def prompt_tokens(folder: ModelFolder, messages: list[dict]) -> int:
 # The resource.
 
 
-def test_create_answers_201_with_the_session_and_its_system_prompt(api_server):
-    session = create_session(api_server, title="Trip", model="tiny", system_prompt=SYSTEM_PROMPT, max_turns=3,
+def test_create_answers_201_with_the_session_and_its_system_prompt(server):
+    session = create_session(server, title="Trip", model="tiny", system_prompt=SYSTEM_PROMPT, max_turns=3,
                              metadata={"project": "atlas"})
 
     assert session["id"].startswith("sess_") and session["object"] == "session"
@@ -71,50 +110,50 @@ def test_create_answers_201_with_the_session_and_its_system_prompt(api_server):
     ]
 
 
-def test_an_empty_body_creates_a_session_with_defaults(api_server):
-    response = httpx.post(f"{api_server.url}/v1/sessions")
+def test_an_empty_body_creates_a_session_with_defaults(server):
+    response = httpx.post(f"{server.url}/v1/sessions")
     assert response.status_code == 201 and response.json()["messages"] == [] and response.json()["max_turns"] is None
 
 
-def test_get_returns_what_create_returned(api_server):
-    session = create_session(api_server, title="Same", system_prompt=SYSTEM_PROMPT)
-    assert get_session(api_server, session["id"]).json() == session
+def test_get_returns_what_create_returned(server):
+    session = create_session(server, title="Same", system_prompt=SYSTEM_PROMPT)
+    assert get_session(server, session["id"]).json() == session
 
 
-def test_list_is_newest_first_and_pages_with_the_after_cursor(api_server):
-    ids = [create_session(api_server, title=f"page {index}")["id"] for index in range(3)]
+def test_list_is_newest_first_and_pages_with_the_after_cursor(server):
+    ids = [create_session(server, title=f"page {index}")["id"] for index in range(3)]
 
-    first = list_sessions(api_server, limit=2).json()
-    second = list_sessions(api_server, limit=1, after=first["last_id"]).json()
+    first = list_sessions(server, limit=2).json()
+    second = list_sessions(server, limit=1, after=first["last_id"]).json()
 
     assert [session["id"] for session in first["data"]] == [ids[2], ids[1]] and first["has_more"]
     assert [session["id"] for session in second["data"]] == [ids[0]]
 
 
-def test_the_after_cursor_still_works_once_its_session_is_deleted(api_server):
-    older, cursor = create_session(api_server)["id"], create_session(api_server)["id"]
-    httpx.delete(f"{api_server.url}/v1/sessions/{cursor}")
-    assert list_sessions(api_server, limit=1, after=cursor).json()["data"][0]["id"] == older
+def test_the_after_cursor_still_works_once_its_session_is_deleted(server):
+    older, cursor = create_session(server)["id"], create_session(server)["id"]
+    httpx.delete(f"{server.url}/v1/sessions/{cursor}")
+    assert list_sessions(server, limit=1, after=cursor).json()["data"][0]["id"] == older
 
 
-def test_delete_removes_the_session_with_its_messages(api_server):
-    session_id = create_session(api_server, system_prompt=SYSTEM_PROMPT)["id"]
+def test_delete_removes_the_session_with_its_messages(server):
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT)["id"]
 
-    deleted = httpx.delete(f"{api_server.url}/v1/sessions/{session_id}")
+    deleted = httpx.delete(f"{server.url}/v1/sessions/{session_id}")
 
     assert deleted.status_code == 200
     assert deleted.json() == {"id": session_id, "object": "session.deleted", "deleted": True}
-    assert_error(get_session(api_server, session_id), 404, code="session_not_found")
+    assert_error(get_session(server, session_id), 404, code="session_not_found")
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_an_unknown_session_id_is_a_404(api_server, method):
-    response = httpx.request(method, f"{api_server.url}/v1/sessions/sess_0000nothing")
+def test_an_unknown_session_id_is_a_404(server, method):
+    response = httpx.request(method, f"{server.url}/v1/sessions/sess_0000nothing")
     assert_error(response, 404, code="session_not_found")
 
 
-def test_a_chat_naming_an_unknown_session_is_a_404(api_server):
-    response = chat(api_server, model="tiny", messages=[{"role": "user", "content": "hi"}], session_id="sess_0000nothing")
+def test_a_chat_naming_an_unknown_session_is_a_404(server):
+    response = chat(server, model="tiny", messages=[{"role": "user", "content": "hi"}], session_id="sess_0000nothing")
     assert_error(response, 404, param="session_id", code="session_not_found")
 
 
@@ -129,40 +168,40 @@ def test_a_chat_naming_an_unknown_session_is_a_404(api_server):
         ({"metadata": {f"key{index}": "v" for index in range(17)}}, "metadata"),
     ],
 )
-def test_bad_create_bodies_are_400s_naming_the_field(api_server, body, param):
-    assert_error(httpx.post(f"{api_server.url}/v1/sessions", json=body), 400, param=param)
+def test_bad_create_bodies_are_400s_naming_the_field(server, body, param):
+    assert_error(httpx.post(f"{server.url}/v1/sessions", json=body), 400, param=param)
 
 
-def test_a_session_for_an_unknown_model_is_a_404(api_server):
-    response = httpx.post(f"{api_server.url}/v1/sessions", json={"model": "no-such-model"})
+def test_a_session_for_an_unknown_model_is_a_404(server):
+    response = httpx.post(f"{server.url}/v1/sessions", json={"model": "no-such-model"})
     assert_error(response, 404, param="model", code="model_not_found")
 
 
 @pytest.mark.parametrize("limit", ["0", "101", "ten", "-1"])
-def test_a_bad_list_limit_is_a_400(api_server, limit):
-    assert_error(list_sessions(api_server, limit=limit), 400, param="limit")
+def test_a_bad_list_limit_is_a_400(server, limit):
+    assert_error(list_sessions(server, limit=limit), 400, param="limit")
 
 
 # Chat completions with a session.
 
 
-def test_the_second_turn_is_prompted_with_the_first(api_server, tiny_folder):
-    session_id = create_session(api_server, system_prompt=SYSTEM_PROMPT)["id"]
-    say(api_server, session_id, "Remember the number forty two.")
+def test_the_second_turn_is_prompted_with_the_first(server, tiny_folder):
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT)["id"]
+    say(server, session_id, "Remember the number forty two.")
     question = {"role": "user", "content": "Which number was it?"}
-    expected = prompt_tokens(tiny_folder, history(api_server, session_id) + [question])
+    expected = prompt_tokens(tiny_folder, history(server, session_id) + [question])
 
-    usage = say(api_server, session_id, question["content"])["usage"]
+    usage = say(server, session_id, question["content"])["usage"]
 
     assert usage["prompt_tokens"] == expected
 
 
-def test_the_history_holds_both_turns_in_order(api_server):
-    session_id = create_session(api_server, system_prompt=SYSTEM_PROMPT)["id"]
-    first = say(api_server, session_id, "First question.")["choices"][0]["message"]["content"]
-    second = say(api_server, session_id, "Second question.")["choices"][0]["message"]["content"]
+def test_the_history_holds_both_turns_in_order(server):
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT)["id"]
+    first = say(server, session_id, "First question.")["choices"][0]["message"]["content"]
+    second = say(server, session_id, "Second question.")["choices"][0]["message"]["content"]
 
-    messages = get_session(api_server, session_id).json()["messages"]
+    messages = get_session(server, session_id).json()["messages"]
 
     assert [(message["turn"], message["role"], message["content"]) for message in messages] == [
         (0, "system", SYSTEM_PROMPT),
@@ -174,34 +213,34 @@ def test_the_history_holds_both_turns_in_order(api_server):
     assert [message["position"] for message in messages] == [0, 1, 2, 3, 4]
 
 
-def test_without_session_id_the_answer_is_the_same_as_before(api_server):
+def test_without_session_id_the_answer_is_the_same_as_before(server):
     body = dict(model="tiny", messages=[{"role": "user", "content": "Hello there."}], max_tokens=6, temperature=0)
-    plain = chat(api_server, **body).json()
-    session_id = create_session(api_server)["id"]
+    plain = chat(server, **body).json()
+    session_id = create_session(server)["id"]
 
-    fresh_session = chat(api_server, session_id=session_id, **body).json()
+    fresh_session = chat(server, session_id=session_id, **body).json()
 
     assert fresh_session["choices"][0]["message"] == plain["choices"][0]["message"]
     assert fresh_session["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
 
 
-def test_a_streamed_chat_appends_its_turn(api_server):
-    session_id = create_session(api_server)["id"]
+def test_a_streamed_chat_appends_its_turn(server):
+    session_id = create_session(server)["id"]
 
-    response = chat(api_server, model="tiny", messages=[{"role": "user", "content": "Stream please."}], max_tokens=6,
+    response = chat(server, model="tiny", messages=[{"role": "user", "content": "Stream please."}], max_tokens=6,
                     temperature=0, stream=True, session_id=session_id)
     chunks = [payload for payload in sse_payloads(response)[:-1] if payload.get("choices")]
     streamed = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
 
-    assert history(api_server, session_id) == [
+    assert history(server, session_id) == [
         {"role": "user", "content": "Stream please."},
         {"role": "assistant", "content": streamed},
     ]
 
 
-def test_a_stream_the_client_leaves_early_does_not_extend_the_history(api_server):
-    session_id = create_session(api_server)["id"]
-    with httpx.stream("POST", f"{api_server.url}/v1/chat/completions", timeout=60, json={
+def test_a_stream_the_client_leaves_early_does_not_extend_the_history(server):
+    session_id = create_session(server)["id"]
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=60, json={
         "model": SMOL, "messages": [{"role": "user", "content": "Write a very long story."}], "stream": True,
         "max_tokens": 900, "ignore_eos": True, "session_id": session_id,
     }) as stream:
@@ -209,81 +248,81 @@ def test_a_stream_the_client_leaves_early_does_not_extend_the_history(api_server
         for _ in range(4):
             next(lines)
     # Answered only after the server has seen the disconnect (900 tokens would take many seconds).
-    chat(api_server, model=SMOL, messages=[{"role": "user", "content": "after"}], max_tokens=2)
-    assert history(api_server, session_id) == []
+    chat(server, model=SMOL, messages=[{"role": "user", "content": "after"}], max_tokens=2)
+    assert history(server, session_id) == []
 
 
-def test_with_n_above_one_the_session_keeps_choice_zero(api_server):
-    session_id = create_session(api_server)["id"]
+def test_with_n_above_one_the_session_keeps_choice_zero(server):
+    session_id = create_session(server)["id"]
 
-    answer = say(api_server, session_id, "Pick one.", n=3, seed=5, temperature=1.0)
+    answer = say(server, session_id, "Pick one.", n=3, seed=5, temperature=1.0)
 
-    assert history(api_server, session_id)[-1] == {"role": "assistant", "content": answer["choices"][0]["message"]["content"]}
+    assert history(server, session_id)[-1] == {"role": "assistant", "content": answer["choices"][0]["message"]["content"]}
 
 
-def test_a_refused_chat_leaves_the_history_unchanged(api_server):
-    session_id = create_session(api_server)["id"]
-    say(api_server, session_id, "Kept.")
-    before = history(api_server, session_id)
+def test_a_refused_chat_leaves_the_history_unchanged(server):
+    session_id = create_session(server)["id"]
+    say(server, session_id, "Kept.")
+    before = history(server, session_id)
 
-    refused = chat(api_server, model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=10_000,
+    refused = chat(server, model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=10_000,
                    session_id=session_id)
 
     assert_error(refused, 400, code="context_length_exceeded")
-    assert history(api_server, session_id) == before
+    assert history(server, session_id) == before
 
 
 # The memory limit.
 
 
-def test_max_turns_keeps_the_system_prompt_and_only_the_newest_turns(api_server, tiny_folder):
-    session_id = create_session(api_server, system_prompt=SYSTEM_PROMPT, max_turns=1)["id"]
+def test_max_turns_keeps_the_system_prompt_and_only_the_newest_turns(server, tiny_folder):
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT, max_turns=1)["id"]
     for text in ("Turn one.", "Turn two.", "Turn three."):
-        say(api_server, session_id, text)
-    stored = history(api_server, session_id)
+        say(server, session_id, text)
+    stored = history(server, session_id)
     question = {"role": "user", "content": "Turn four."}
     # The system prompt and turn three (its question and answer); turns one and two are dropped.
     remembered = [stored[0], *stored[-2:]]
 
-    usage = say(api_server, session_id, question["content"])["usage"]
+    usage = say(server, session_id, question["content"])["usage"]
 
     assert usage["prompt_tokens"] == prompt_tokens(tiny_folder, remembered + [question])
     assert len(stored) == 7  # dropped turns stay stored: the limit is on what the model sees
 
 
-def test_max_turns_zero_remembers_only_the_system_prompt(api_server, tiny_folder):
-    session_id = create_session(api_server, system_prompt=SYSTEM_PROMPT, max_turns=0)["id"]
-    say(api_server, session_id, "Forget me.")
+def test_max_turns_zero_remembers_only_the_system_prompt(server, tiny_folder):
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT, max_turns=0)["id"]
+    say(server, session_id, "Forget me.")
     question = {"role": "user", "content": "Anything?"}
 
-    usage = say(api_server, session_id, question["content"])["usage"]
+    usage = say(server, session_id, question["content"])["usage"]
 
     assert usage["prompt_tokens"] == prompt_tokens(tiny_folder, [{"role": "system", "content": SYSTEM_PROMPT}, question])
 
 
-def test_max_tokens_keeps_the_newest_turns_that_fit_in_it(api_server, tiny_folder):
+def test_max_tokens_keeps_the_newest_turns_that_fit_in_it(server, tiny_folder):
     text = "the quick brown fox jumps over the lazy dog " * 3
     user_tokens = len(tiny_folder.tokenizer.encode(text, add_special_tokens=False).ids)
     # Two turns (two questions and two answers of at most a few tokens) fit; three do not.
-    session_id = create_session(api_server, system_prompt=SYSTEM_PROMPT, max_tokens=2 * user_tokens + 12)["id"]
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT, max_tokens=2 * user_tokens + 12)["id"]
     for _ in range(3):
-        say(api_server, session_id, text, max_tokens=3)
-    stored = history(api_server, session_id)
+        say(server, session_id, text, max_tokens=3)
+    stored = history(server, session_id)
     question = {"role": "user", "content": "Now?"}
 
-    usage = say(api_server, session_id, question["content"])["usage"]
+    usage = say(server, session_id, question["content"])["usage"]
 
     # The system prompt (never counted) and turns two and three.
     assert usage["prompt_tokens"] == prompt_tokens(tiny_folder, [stored[0], *stored[-4:], question])
 
 
-def test_a_long_history_is_trimmed_to_fit_the_context_never_refused(api_server, tiny_folder):
+def test_a_long_history_is_trimmed_to_fit_the_context_never_refused(server, tiny_folder):
     # The tiny model's context is 256 tokens; each turn here takes about 70 of them.
-    session_id = create_session(api_server)["id"]
+    session_id = create_session(server)["id"]
     text = "hello world " * 7
     for _ in range(5):
-        usage = say(api_server, session_id, text, max_tokens=8)["usage"]
-    stored = history(api_server, session_id)[:-2]  # what the fifth request saw, before its turn
+        usage = say(server, session_id, text, max_tokens=8)["usage"]
+    stored = history(server, session_id)[:-2]  # what the fifth request saw, before its turn
     question = {"role": "user", "content": text}
     newest_turns = [stored[2 * dropped :] for dropped in range(len(stored) // 2 + 1)]
     fitting = [kept for kept in newest_turns if prompt_tokens(tiny_folder, kept + [question]) + 8 <= 256]
@@ -296,49 +335,53 @@ def test_a_long_history_is_trimmed_to_fit_the_context_never_refused(api_server, 
 # Search.
 
 
-def test_search_finds_a_session_by_a_word_from_its_messages_with_a_snippet(api_server):
+def test_search_finds_a_session_by_a_word_from_its_messages_with_a_snippet(server):
     word = f"quokka{uuid.uuid4().hex[:8]}"
-    session_id = create_session(api_server)["id"]
-    say(api_server, session_id, f"Tell me about the {word} of Rottnest.")
-    create_session(api_server)
+    session_id = create_session(server)["id"]
+    say(server, session_id, f"Tell me about the {word} of Rottnest.")
+    create_session(server)
 
-    found = list_sessions(api_server, q=word.upper()).json()
+    found = list_sessions(server, q=word.upper()).json()
 
     assert [session["id"] for session in found["data"]] == [session_id]
     assert f"**{word}**" in found["data"][0]["snippet"]
 
 
-def test_search_needs_every_word(api_server):
+def test_search_needs_every_word(server):
     word = f"wombat{uuid.uuid4().hex[:8]}"
-    session_id = create_session(api_server)["id"]
-    say(api_server, session_id, f"A {word} digs.")
-    assert list_sessions(api_server, q=f"{word} nowhere-else").json()["data"] == []
+    session_id = create_session(server)["id"]
+    say(server, session_id, f"A {word} digs.")
+    assert list_sessions(server, q=f"{word} nowhere-else").json()["data"] == []
 
 
 @pytest.mark.parametrize("query", ['"', "*", "AND(", "NEAR(a b", "a OR", "title:x", "'; DROP TABLE sessions; --", "\\", "^", "-"])
-def test_any_query_text_is_a_valid_search(api_server, query):
-    response = list_sessions(api_server, q=query)
+def test_any_query_text_is_a_valid_search(server, query):
+    response = list_sessions(server, q=query)
     assert response.status_code == 200 and isinstance(response.json()["data"], list)
 
 
-def test_deleted_sessions_are_no_longer_found(api_server):
+def test_deleted_sessions_are_no_longer_found(server):
     word = f"numbat{uuid.uuid4().hex[:8]}"
-    session_id = create_session(api_server)["id"]
-    say(api_server, session_id, f"The {word} eats termites.")
-    httpx.delete(f"{api_server.url}/v1/sessions/{session_id}")
-    assert list_sessions(api_server, q=word).json()["data"] == []
+    session_id = create_session(server)["id"]
+    say(server, session_id, f"The {word} eats termites.")
+    httpx.delete(f"{server.url}/v1/sessions/{session_id}")
+    assert list_sessions(server, q=word).json()["data"] == []
 
 
 # Durability.
 
 
 @pytest.fixture
-def restartable(tiny_model_dir, artifacts, tmp_path):
-    """Starts tiny-model servers over one data dir, one after another."""
+def restartable(request, tiny_model_dir, artifacts, tmp_path):
+    """Starts tiny-model servers over one store, one after another: one data dir (SQLite, the
+    default), or one PostgreSQL database with a new data dir each time (`indirect` parameter)."""
+    backend = getattr(request, "param", "sqlite")
+    database = database_arguments(request, backend)
     servers: list[ServiceProcess] = []
 
     def start() -> ServiceProcess:
-        server = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--data-dir", str(tmp_path / "data"),
+        data = tmp_path / ("data" if backend == "sqlite" else f"data-{len(servers)}")
+        server = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--data-dir", str(data), *database,
                                 "--models-dir", str(tmp_path / "models"), log_path=artifacts / f"sessions-{len(servers)}.log")
         servers.append(server)
         return server
@@ -348,6 +391,7 @@ def restartable(tiny_model_dir, artifacts, tmp_path):
         server.stop()
 
 
+@pytest.mark.parametrize("restartable", BACKENDS, indirect=True)
 def test_history_survives_a_restart(restartable):
     start, _ = restartable
     first = start()
@@ -362,6 +406,7 @@ def test_history_survives_a_restart(restartable):
 
 
 def test_history_survives_a_kill_right_after_an_answer(restartable):
+    """SQLite's WAL under a kill; PostgreSQL's commits live in another process."""
     start, database = restartable
     server = start()
     session_id = create_session(server)["id"]
@@ -384,8 +429,9 @@ def test_history_survives_a_kill_right_after_an_answer(restartable):
 # The store itself.
 
 
-def test_every_store_query_filters_on_the_owner(tmp_path):
-    store = SessionStore.in_folder(tmp_path)
+def test_every_store_query_filters_on_the_owner(storage_settings):
+    storage = open_storage(storage_settings)
+    store = storage.sessions
     mine = store.create(owner="key-a")
     anonymous = store.create()
 
@@ -393,18 +439,37 @@ def test_every_store_query_filters_on_the_owner(tmp_path):
         "list": [session.id for session in store.list_sessions(owner="key-a")[0]],
         "get other": store.get(anonymous.id, owner="key-a"),
         "delete other": store.delete(anonymous.id, owner="key-a"),
+        "append other": _refused(lambda: store.append_turn(anonymous.id, [NewMessage("user", "x")], owner="key-a")),
         "anonymous list": [session.id for session in store.list_sessions()[0]],
     }
-    store.close()
+    storage.close()
 
-    assert visible == {"list": [mine.id], "get other": None, "delete other": False, "anonymous list": [anonymous.id]}
+    assert visible == {
+        "list": [mine.id], "get other": None, "delete other": False, "append other": True, "anonymous list": [anonymous.id]
+    }
 
 
-def test_a_database_from_a_newer_schema_is_refused(tmp_path):
-    SessionStore.in_folder(tmp_path).close()
-    with sqlite3.connect(tmp_path / DATABASE_FILE) as connection:
-        connection.execute("UPDATE schema_version SET version = 99")
-    connection.close()
+def _refused(action) -> bool:
+    try:
+        action()
+    except SessionNotFound:
+        return True
+    return False
 
-    with pytest.raises(SessionStoreError, match="schema version 99"):
-        SessionStore.in_folder(tmp_path)
+
+def set_sessions_schema_version(settings: Settings, version: int) -> None:
+    if settings.database_url is None:
+        with sqlite3.connect(settings.data_dir / DATABASE_FILE) as connection:
+            connection.execute("UPDATE schema_version SET version = ?", (version,))
+        connection.close()
+    else:
+        with psycopg.connect(settings.database_url, autocommit=True) as connection:
+            connection.execute("UPDATE schema_versions SET version = %s WHERE component = 'sessions'", (version,))
+
+
+def test_a_database_from_a_newer_schema_is_refused(storage_settings):
+    open_storage(storage_settings).close()
+    set_sessions_schema_version(storage_settings, 99)
+
+    with pytest.raises(StorageError, match="schema version 99"):
+        open_storage(storage_settings)
