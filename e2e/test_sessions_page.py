@@ -1,44 +1,51 @@
-"""Saved chats: the sidebar lists the server's sessions, reopens them after a reload, deletes them."""
+"""Saved chats: the sidebar lists the server's sessions, over either transport, reopens them
+after a reload, deletes them."""
 
 from __future__ import annotations
 
 import uuid
 
+import pytest
 from playwright.sync_api import expect
 
-PHONE = {"width": 390, "height": 844}
+from e2e.chat_page import SMOL, answer_source, answer_text, chat, current_session_id, open_chat_page, session_named, stored_messages
 
 
-def open_chat_page(page, service, spa_server):
-    page.goto(f"{spa_server.url}/?api={service.url}")
-    expect(page.get_by_test_id("model-select")).to_have_value("SmolLM2-135M-Instruct")
-
-
-def chat(page, text):
-    page.get_by_test_id("prompt-input").fill(text)
-    page.get_by_test_id("send-button").click()
-    expect(page.get_by_test_id("message-assistant").last).not_to_have_class("message assistant streaming", timeout=60_000)
-
-
-def session_named(page, title):
-    return page.get_by_test_id("session-item").filter(has_text=title)
-
-
-def test_a_session_survives_a_page_reload(page, service, spa_server, artifacts):
-    question = f"Name one colour. ({uuid.uuid4().hex[:6]})"
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
+def test_a_session_survives_a_page_reload(page, service, spa_server, transport):
+    first, second = f"Name one colour. ({uuid.uuid4().hex[:6]})", "Name another one."
     open_chat_page(page, service, spa_server)
-    chat(page, question)
-    answer = page.get_by_test_id("message-assistant").evaluate("element => element.firstChild.textContent")
+    page.get_by_test_id("transport-select").select_option(transport)
+    chat(page, first)
+    chat(page, second)
+    rendered = [answer_text(answer) for answer in page.get_by_test_id("message-assistant").all()]
+    answers = [answer_source(answer) for answer in page.get_by_test_id("message-assistant").all()]
 
     page.reload()
-    expect(page.get_by_test_id("model-select")).to_have_value("SmolLM2-135M-Instruct")
+    expect(page.get_by_test_id("model-select")).to_have_value(SMOL)
+    expect(page.get_by_test_id("transport-select")).to_have_value(transport)
+    session_named(page, first).get_by_test_id("session-open").click()
+
+    expect(page.get_by_test_id("message-user")).to_have_text([first, second])
+    expect(page.get_by_test_id("message-assistant").locator("> .content")).to_have_text(rendered)
+    # The server kept both turns, so the second question was asked with the first in its prompt.
+    assert stored_messages(service, current_session_id(page, service, first)) == [
+        ("user", first), ("assistant", answers[0]), ("user", second), ("assistant", answers[1]),
+    ]
+
+
+def test_a_reopened_session_goes_on_where_it_left_off(page, service, spa_server):
+    question = f"Say one word. ({uuid.uuid4().hex[:6]})"
+    open_chat_page(page, service, spa_server)
+    chat(page, question)
+    page.reload()
+    expect(page.get_by_test_id("model-select")).to_have_value(SMOL)
     session_named(page, question).get_by_test_id("session-open").click()
 
-    expect(page.get_by_test_id("message-user")).to_have_text(question)
-    expect(page.get_by_test_id("message-assistant")).to_have_text(answer)
-    page.screenshot(path=str(artifacts / "sessions-desktop.png"), full_page=True)
-    page.set_viewport_size(PHONE)
-    page.screenshot(path=str(artifacts / "sessions-phone.png"), full_page=True)
+    chat(page, "Say another word.")
+
+    stored = stored_messages(service, current_session_id(page, service, question))
+    assert [role for role, _ in stored] == ["user", "assistant", "user", "assistant"] and stored[2] == ("user", "Say another word.")
 
 
 def test_deleting_a_session_removes_it_from_the_list(page, service, spa_server):

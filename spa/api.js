@@ -14,6 +14,11 @@ function aborted() {
   return new DOMException("The request was stopped.", "AbortError");
 }
 
+// A stream that ends before its last event: the server stopped or restarted mid-answer.
+function connectionLost() {
+  return new ApiError("the connection to the server was lost mid-answer", { status: 0, code: "connection_lost" });
+}
+
 async function errorFrom(response) {
   let message = `${response.status} ${response.statusText}`;
   let code = null;
@@ -58,8 +63,10 @@ export class ApiClient {
     return (await (await this.request("/v1/models")).json()).data;
   }
 
-  async createSession(title) {
-    return (await this.request("/v1/sessions", { method: "POST", body: { title } })).json();
+  // The system prompt lives in the session, so the server sends it with every turn.
+  async createSession(title, systemPrompt) {
+    const body = systemPrompt ? { title, system_prompt: systemPrompt } : { title };
+    return (await this.request("/v1/sessions", { method: "POST", body })).json();
   }
 
   async listSessions() {
@@ -84,9 +91,15 @@ export class ApiClient {
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += value;
+      let read;
+      try {
+        read = await reader.read();
+      } catch (error) {
+        if (signal?.aborted) throw aborted();
+        throw connectionLost();
+      }
+      if (read.done) throw connectionLost();  // a whole stream ends with [DONE]
+      buffer += read.value;
       let boundary;
       while ((boundary = buffer.indexOf("\n\n")) >= 0) {
         const event = buffer.slice(0, boundary);
@@ -142,7 +155,7 @@ export class ApiClient {
           if (signal?.aborted) throw aborted();
           // A refused handshake tells the page nothing; ask over HTTP why (bad key, server down).
           if (!opened) await this.listModels();
-          throw new ApiError("the connection to the server was lost", { status: 0, code: "unreachable" });
+          throw opened ? connectionLost() : new ApiError("the server refused the WebSocket connection", { status: 0, code: "websocket_refused" });
         }
       }
     } finally {

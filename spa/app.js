@@ -6,9 +6,14 @@ const elements = {
   baseUrl: document.getElementById("base-url"),
   apiKey: document.getElementById("api-key"),
   transport: document.getElementById("transport-select"),
+  systemPrompt: document.getElementById("system-prompt"),
+  temperature: document.getElementById("temperature"),
+  topP: document.getElementById("top-p"),
+  maxTokens: document.getElementById("max-tokens"),
   model: document.getElementById("model-select"),
+  settings: document.getElementById("settings"),
+  settingsToggle: document.getElementById("settings-toggle"),
   newChat: document.getElementById("new-chat"),
-  sessionNote: document.getElementById("session-note"),
   sessions: document.getElementById("session-list"),
   messages: document.getElementById("messages"),
   composer: document.getElementById("composer"),
@@ -17,19 +22,52 @@ const elements = {
   stop: document.getElementById("stop"),
   banner: document.getElementById("error-banner"),
 };
+// Settings kept in localStorage under these names, restored on every visit.
+const STORED_SETTINGS = {
+  apiBaseUrl: elements.baseUrl,
+  apiKey: elements.apiKey,
+  transport: elements.transport,
+  systemPrompt: elements.systemPrompt,
+  temperature: elements.temperature,
+  topP: elements.topP,
+  maxTokens: elements.maxTokens,
+};
 const TITLE_LENGTH = 48;
-let conversation = [];
+const STATUS_POLL_MS = 2000;  // while a model converts or loads, its status is fetched again
+const RECONNECT_MS = 5000;  // while the API cannot be reached, the page tries again
+const PHONE_WIDTH = 600;
+
+let conversation = [];  // the user and assistant messages of this chat, as the server keeps them
 let sessionId = null;  // the server-side session of this chat, once its first message is sent
+let chatTitle = "";
+let chatSystemPrompt = "";
+// After a regenerate, the chat's new session lacks the earlier turns until its first answer is
+// saved: they go out with that message, and the replaced session is deleted then.
+let pendingHistory = [];
+let replacedSession = null;
 let running = null;
+let statusTimer = null;
 
 // The API address: ?api= in the page address, then the last one used, then this page's origin.
-function initialBaseUrl() {
-  const fromAddress = new URLSearchParams(location.search).get("api");
-  if (fromAddress) {
-    localStorage.setItem("apiBaseUrl", fromAddress);
-    return fromAddress;
+// ?key= may carry the key; it is stored, then dropped from the address so it stays out of history.
+function applyAddressSettings() {
+  const parameters = new URLSearchParams(location.search);
+  if (parameters.get("api")) localStorage.setItem("apiBaseUrl", parameters.get("api"));
+  if (parameters.has("key")) {
+    localStorage.setItem("apiKey", parameters.get("key"));
+    parameters.delete("key");
+    const query = parameters.toString();
+    history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
   }
-  return localStorage.getItem("apiBaseUrl") || location.origin;
+}
+
+function restoreSettings() {
+  for (const [name, element] of Object.entries(STORED_SETTINGS)) {
+    const value = localStorage.getItem(name);
+    if (value !== null) element.value = value;
+  }
+  if (!elements.baseUrl.value) elements.baseUrl.value = location.origin;
+  if (!elements.transport.value) elements.transport.value = "sse";
 }
 
 function baseUrl() {
@@ -40,9 +78,19 @@ function api() {
   return new ApiClient(baseUrl(), elements.apiKey.value.trim());
 }
 
-// The server keeps sessions for SSE requests only (the WebSocket API refuses `session_id`).
-function usesSessions() {
-  return elements.transport.value === "sse";
+// Sampling options as the API names them; an empty field leaves the model's default.
+function samplingOptions() {
+  const options = {};
+  const number = (element) => (element.value.trim() === "" ? null : Number(element.value));
+  if (number(elements.temperature) !== null) options.temperature = number(elements.temperature);
+  if (number(elements.topP) !== null) options.top_p = number(elements.topP);
+  if (number(elements.maxTokens) !== null) options.max_tokens = number(elements.maxTokens);
+  return options;
+}
+
+function showSettings(open) {
+  elements.settings.hidden = !open;
+  elements.settingsToggle.setAttribute("aria-expanded", String(open));
 }
 
 function showError(message) {
@@ -50,35 +98,70 @@ function showError(message) {
   elements.banner.hidden = !message;
 }
 
-// What went wrong, in words a person can act on.
+// What went wrong, in words a person can act on; problems with the settings open the settings.
 function describe(error) {
+  if (error.code === "connection_lost") {
+    return "The connection to the server was lost mid-answer: it may have stopped or restarted. "
+      + "The answer was not saved; send again once the server is back.";
+  }
+  if (error.status === 0 || error.status === 401) showSettings(true);
   switch (error.status) {
     case 0: return `Cannot reach the API at ${baseUrl()}. Is the server running, and is the address right?`;
     case 401: return "The API key was refused. Enter a valid key under API key.";
     case 403: return `This API key may not do that: ${error.message}`;
     case 429: return error.retryAfter
-      ? `Too many requests: the server asks to wait ${error.retryAfter} seconds before trying again.`
-      : "Too many requests: wait a moment before trying again.";
+      ? `Rate limit reached: the server asks to wait ${error.retryAfter} seconds before trying again. (${error.message})`
+      : `Rate limit reached: wait a moment before trying again. (${error.message})`;
     case 503: return `The server is busy or still loading the model; try again shortly. (${error.message})`;
     default: return error.message;
   }
 }
 
+function modelLabel(model) {
+  const fraction = model.progress?.fraction;
+  const status = fraction === undefined ? model.status : `${model.status} ${Math.round(fraction * 100)}%`;
+  return `${model.id} · ${status}`;
+}
+
+// The picker lists every model with its status; only ready ones can be chosen. It is refreshed
+// while a model is on its way, and retried while the API cannot be reached.
 async function loadModels() {
-  showError("");
-  elements.model.replaceChildren();
+  clearTimeout(statusTimer);
+  let models;
   try {
-    const models = await api().listModels();
-    for (const model of models) {
-      const option = new Option(model.status === "ready" ? model.id : `${model.id} (${model.status})`, model.id);
-      option.disabled = model.status !== "ready";
-      elements.model.append(option);
-    }
-    if (!models.length) showError("The server has no models.");
-    await loadSessions();
+    models = await api().listModels();
   } catch (error) {
+    elements.model.replaceChildren();
     showError(describe(error));
+    if (error.status === 0) statusTimer = setTimeout(reconnect, RECONNECT_MS);
+    return false;
   }
+  const wanted = elements.model.value || localStorage.getItem("model");
+  elements.model.replaceChildren(...models.map((model) => {
+    const option = new Option(modelLabel(model), model.id);
+    option.disabled = model.status !== "ready";
+    if (model.error) option.title = model.error;
+    return option;
+  }));
+  const ready = models.filter((model) => model.status === "ready").map((model) => model.id);
+  elements.model.value = ready.includes(wanted) ? wanted : (ready[0] ?? "");
+  if (!models.length) showError("The server has no models.");
+  if (models.some((model) => model.status === "converting" || model.status === "loading")) {
+    statusTimer = setTimeout(loadModels, STATUS_POLL_MS);
+  }
+  return true;
+}
+
+async function reconnect() {
+  if (await loadModels()) {
+    showError("");
+    await loadSessions().catch((error) => showError(describe(error)));
+  }
+}
+
+async function connect() {
+  showError("");
+  if (await loadModels()) await loadSessions().catch((error) => showError(describe(error)));
 }
 
 async function loadSessions() {
@@ -108,11 +191,22 @@ function sessionItem(session) {
   return item;
 }
 
-function startChat(id, messages) {
+function startChat(id, messages, title = "") {
   sessionId = id;
-  conversation = messages;
+  chatTitle = title;
+  chatSystemPrompt = messages.find((message) => message.role === "system")?.content ?? "";
+  pendingHistory = [];
+  replacedSession = null;
+  conversation = messages.filter((message) => message.role !== "system").map(({ role, content }) => ({ role, content }));
   elements.messages.replaceChildren();
-  for (const message of messages) addMessage(message.role, message.content);
+  for (const message of messages) {
+    const element = addMessage(message.role, message.content);
+    if (message.role === "assistant") {
+      const stats = message.token_count === null ? "saved answer" : `saved answer · ${message.token_count} tokens`;
+      element.append(answerFooter(element, message.content, stats));
+    }
+  }
+  updateRegenerate();
 }
 
 async function openSession(id) {
@@ -120,10 +214,8 @@ async function openSession(id) {
   showError("");
   try {
     const session = await api().getSession(id);
-    const messages = session.messages
-      .filter((message) => message.role === "user" || message.role === "assistant")
-      .map(({ role, content }) => ({ role, content }));
-    startChat(session.id, messages);
+    const shown = session.messages.filter((message) => ["system", "user", "assistant"].includes(message.role));
+    startChat(session.id, shown, session.title ?? "");
     await loadSessions();
   } catch (error) {
     showError(describe(error));
@@ -141,8 +233,8 @@ async function deleteSession(id) {
   }
 }
 
-// A message's first child holds its text: plain for the user, Markdown built from DOM nodes for
-// the model (never innerHTML: model output must not become markup).
+// A message's first child holds its text: plain for the user and the system prompt, Markdown
+// built from DOM nodes for the model (never innerHTML: model output must not become markup).
 function addMessage(role, text) {
   const element = document.createElement("div");
   element.className = `message ${role}`;
@@ -157,28 +249,87 @@ function addMessage(role, text) {
   return element;
 }
 
+// Under each answer: its numbers, and Copy and Regenerate (the latter on the last answer only).
+function answerFooter(answer, text, statsText) {
+  const footer = document.createElement("div");
+  footer.className = "answer-footer";
+  const stats = document.createElement("span");
+  stats.className = "stats";
+  stats.dataset.testid = "answer-stats";
+  stats.textContent = statsText;
+  const copy = actionButton("Copy", "copy-button", "Copy this answer");
+  copy.addEventListener("click", () => copyText(text, copy));
+  const regenerate = actionButton("Regenerate", "regenerate-button", "Regenerate this answer");
+  regenerate.classList.add("regenerate");
+  regenerate.addEventListener("click", regenerateLast);
+  footer.append(stats, copy, regenerate);
+  answer.dataset.text = text;
+  return footer;
+}
+
+function actionButton(text, testId, label) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "action";
+  button.dataset.testid = testId;
+  button.textContent = text;
+  button.setAttribute("aria-label", label);
+  return button;
+}
+
+function updateRegenerate() {
+  const buttons = elements.messages.querySelectorAll(".regenerate");
+  buttons.forEach((button, index) => {
+    button.hidden = index !== buttons.length - 1;
+    button.disabled = Boolean(running);
+  });
+}
+
+// The Markdown source, as the model wrote it. The Clipboard API needs a secure context (https or
+// loopback); elsewhere a selected textarea and execCommand still work.
+async function copyText(text, button) {
+  try {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text);
+    } else {
+      const area = Object.assign(document.createElement("textarea"), { value: text });
+      document.body.append(area);
+      area.select();
+      document.execCommand("copy");
+      area.remove();
+    }
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy"; }, 1500);
+  } catch (error) {
+    showError(`Could not copy the answer: ${error.message}`);
+  }
+}
+
 function setRunning(controller) {
   running = controller;
   elements.send.disabled = Boolean(controller);
   elements.stop.hidden = !controller;
+  updateRegenerate();
 }
 
-// The chunks of one answer, over the chosen transport. With a session the server holds the
-// history, so only the new message goes out; otherwise the whole conversation does.
+// The chunks of one answer, over the chosen transport. The server keeps the chat as a session
+// (created with the first message, holding the system prompt), so only new messages go out.
 async function answerStream(text, signal) {
   const client = api();
-  const body = { model: elements.model.value };
-  if (!usesSessions()) return client.streamWebSocket({ ...body, messages: conversation }, signal);
   if (!sessionId) {
-    sessionId = (await client.createSession(text.slice(0, TITLE_LENGTH))).id;
+    chatTitle = text.slice(0, TITLE_LENGTH);
+    chatSystemPrompt = elements.systemPrompt.value.trim();
+    sessionId = (await client.createSession(chatTitle, chatSystemPrompt)).id;
   }
-  return client.streamSse({ ...body, session_id: sessionId, messages: [{ role: "user", content: text }] }, signal);
+  const messages = [...pendingHistory, { role: "user", content: text }];
+  const body = { model: elements.model.value, session_id: sessionId, messages, ...samplingOptions() };
+  return elements.transport.value === "websocket" ? client.streamWebSocket(body, signal) : client.streamSse(body, signal);
 }
 
+// Sends the user message `text` (already shown) and streams the answer into a new message.
 async function send(text) {
   showError("");
   conversation.push({ role: "user", content: text });
-  addMessage("user", text);
   const answer = addMessage("assistant", "");
   const content = answer.firstChild;
   let answerText = "";
@@ -195,45 +346,80 @@ async function send(text) {
   answer.classList.add("streaming");
   const controller = new AbortController();
   setRunning(controller);
-  const started = performance.now();
-  let firstTokenAt = null;
+  const timing = { started: performance.now(), first: null, last: null, pieces: 0, model: elements.model.value };
   let usage = null;
+  let outcome = "";
   try {
     for await (const chunk of await answerStream(text, controller.signal)) {
       if (chunk.usage) usage = chunk.usage;
+      if (chunk.model) timing.model = chunk.model;
       const piece = chunk.choices?.[0]?.delta?.content;
       if (piece) {
-        firstTokenAt ??= performance.now();
+        timing.first ??= performance.now();
+        timing.last = performance.now();
+        timing.pieces += 1;
         answerText += piece;
         render();
       }
     }
-    renderMarkdown(content, answerText);
     conversation.push({ role: "assistant", content: answerText });
-    answer.append(statsLine(started, firstTokenAt, usage));
+    pendingHistory = [];
   } catch (error) {
+    conversation.pop();  // the server saved neither the question nor a partial answer
+    outcome = error.name === "AbortError" ? "stopped" : "not saved";
     if (error.name !== "AbortError") showError(describe(error));
-    conversation.pop();
+    // Once the server is back the banner goes and the model list is fresh again.
+    if (error.status === 0) statusTimer = setTimeout(reconnect, RECONNECT_MS);
   } finally {
     answer.classList.remove("streaming");
+    renderMarkdown(content, answerText);
+    answer.classList.toggle("interrupted", Boolean(outcome));
+    answer.append(answerFooter(answer, answerText, statsText(timing, usage, outcome)));
     setRunning(null);
   }
-  if (usesSessions()) loadSessions().catch((error) => showError(describe(error)));
+  if (outcome === "not saved") return;
+  if (!outcome && replacedSession) {
+    await api().deleteSession(replacedSession).catch((error) => showError(describe(error)));
+    replacedSession = null;
+  }
+  await loadSessions().catch((error) => showError(describe(error)));
 }
 
-function statsLine(started, firstTokenAt, usage) {
-  const stats = document.createElement("div");
-  stats.className = "stats";
-  const seconds = (performance.now() - (firstTokenAt ?? started)) / 1000;
-  const tokens = usage?.completion_tokens ?? 0;
+// Tokens per second over the decode (first token to last) and the wait for the first token.
+// A stopped answer has no usage; each streamed piece is then counted as one token.
+function statsText(timing, usage, outcome) {
+  const tokens = usage?.completion_tokens ?? timing.pieces;
+  const seconds = timing.first === null ? 0 : (timing.last - timing.first) / 1000;
   const rate = seconds > 0 && tokens > 1 ? ((tokens - 1) / seconds).toFixed(1) : "–";
-  const ttft = firstTokenAt ? ((firstTokenAt - started) / 1000).toFixed(2) : "–";
-  stats.textContent = `${tokens} tokens · ${rate} tok/s · first token ${ttft} s`;
-  return stats;
+  const ttft = timing.first === null ? "–" : ((timing.first - timing.started) / 1000).toFixed(2);
+  const parts = [timing.model, `${tokens} tokens`, `${rate} tok/s`, `first token ${ttft} s`];
+  return (outcome ? [outcome, ...parts] : parts).join(" · ");
 }
 
-function showTransport() {
-  elements.sessionNote.hidden = usesSessions();
+// Regenerates the last answer. A saved answer cannot be taken back out of its session, so the
+// chat moves to a new session that gets the earlier turns with the regenerated question; an
+// answer that was never saved is simply asked for again.
+async function regenerateLast() {
+  if (running) return;
+  const answer = [...elements.messages.querySelectorAll('[data-testid="message-assistant"]')].at(-1);
+  const question = [...elements.messages.querySelectorAll('[data-testid="message-user"]')].at(-1)?.textContent;
+  if (!answer || !question) return;
+  showError("");
+  if (!answer.classList.contains("interrupted")) {
+    let replacement;
+    try {
+      replacement = await api().createSession(chatTitle || question.slice(0, TITLE_LENGTH), chatSystemPrompt);
+    } catch (error) {
+      showError(describe(error));
+      return;
+    }
+    conversation.splice(-2);  // the saved question and answer
+    pendingHistory = [...conversation];
+    replacedSession ??= sessionId;
+    sessionId = replacement.id;
+  }
+  answer.remove();
+  await send(question);
 }
 
 elements.composer.addEventListener("submit", (event) => {
@@ -245,10 +431,11 @@ elements.composer.addEventListener("submit", (event) => {
     return;
   }
   elements.prompt.value = "";
+  addMessage("user", text);
   send(text);
 });
 elements.prompt.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey) {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
     elements.composer.requestSubmit();
   }
@@ -260,21 +447,24 @@ elements.newChat.addEventListener("click", () => {
   loadSessions().catch((error) => showError(describe(error)));
   elements.prompt.focus();
 });
-elements.baseUrl.addEventListener("change", () => {
-  localStorage.setItem("apiBaseUrl", baseUrl());
-  loadModels();
+elements.settingsToggle.addEventListener("click", () => {
+  showSettings(elements.settings.hidden);
+  localStorage.setItem("settingsOpen", String(!elements.settings.hidden));
 });
-elements.apiKey.addEventListener("change", () => {
-  localStorage.setItem("apiKey", elements.apiKey.value.trim());
-  loadModels();
-});
-elements.transport.addEventListener("change", () => {
-  localStorage.setItem("transport", elements.transport.value);
-  showTransport();
-});
+elements.model.addEventListener("change", () => localStorage.setItem("model", elements.model.value));
+for (const [name, element] of Object.entries(STORED_SETTINGS)) {
+  element.addEventListener("change", () => {
+    localStorage.setItem(name, name === "apiBaseUrl" ? baseUrl() : element.value.trim());
+    if (name === "apiBaseUrl" || name === "apiKey") {
+      if (!running) startChat(null, []);  // the open chat belongs to the previous server or key
+      connect();
+    }
+  });
+}
 
-elements.baseUrl.value = initialBaseUrl();
-elements.apiKey.value = localStorage.getItem("apiKey") ?? "";
-elements.transport.value = localStorage.getItem("transport") === "websocket" ? "websocket" : "sse";
-showTransport();
-loadModels();
+applyAddressSettings();
+restoreSettings();
+// Open on a wide screen unless closed before; on a phone it would hide the chat.
+const settingsOpen = localStorage.getItem("settingsOpen");
+showSettings(settingsOpen === null ? window.innerWidth > PHONE_WIDTH : settingsOpen === "true");
+connect();

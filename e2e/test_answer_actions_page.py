@@ -1,0 +1,90 @@
+"""Under each answer: Copy puts the model's Markdown on the clipboard, Regenerate asks again and
+the saved chat keeps only the new answer."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from e2e.chat_page import (
+    answer_source,
+    chat,
+    current_session_id,
+    last_answer,
+    open_chat_page,
+    session_named,
+    stored_messages,
+    wait_for_answer,
+    wait_until_answer_grows,
+)
+
+
+@pytest.fixture
+def clipboard_page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def test_copy_puts_the_answer_as_the_model_wrote_it_on_the_clipboard(clipboard_page, service, spa_server):
+    page = clipboard_page
+    question = f"Write a short list of three fruits. ({uuid.uuid4().hex[:6]})"
+    open_chat_page(page, service, spa_server)
+    chat(page, question)
+
+    last_answer(page).get_by_test_id("copy-button").click()
+
+    expect(last_answer(page).get_by_test_id("copy-button")).to_have_text("Copied")
+    saved_answer = stored_messages(service, current_session_id(page, service, question))[-1]
+    assert saved_answer[0] == "assistant" and page.evaluate("() => navigator.clipboard.readText()") == saved_answer[1]
+
+
+def chat_requests(page) -> list[dict]:
+    requests = []
+    page.on("request", lambda request: requests.append(request.post_data_json) if request.url.endswith("/v1/chat/completions") else None)
+    return requests
+
+
+def test_regenerate_replaces_the_last_answer_in_the_saved_chat(page, service, spa_server):
+    first, second = f"Name a colour. ({uuid.uuid4().hex[:6]})", "Name an animal."
+    open_chat_page(page, service, spa_server)
+    chat(page, first)
+    chat(page, second)
+    first_answer = answer_source(page.get_by_test_id("message-assistant").first)
+    sent = chat_requests(page)
+
+    last_answer(page).get_by_test_id("regenerate-button").click()
+    wait_for_answer(page)
+
+    new_answer = answer_source(last_answer(page))
+    # Asked again with the earlier turn, into a chat that now holds only the new answer.
+    assert [(message["role"], message["content"]) for message in sent[0]["messages"]] == [
+        ("user", first), ("assistant", first_answer), ("user", second),
+    ]
+    assert page.get_by_test_id("message-assistant").count() == 2
+    expect(session_named(page, first)).to_have_count(1)
+    assert stored_messages(service, current_session_id(page, service, first)) == [
+        ("user", first), ("assistant", first_answer), ("user", second), ("assistant", new_answer),
+    ]
+    assert [button.is_visible() for button in page.get_by_test_id("regenerate-button").all()] == [False, True]
+
+
+def test_regenerate_after_stop_asks_once_more_in_the_same_chat(page, service, spa_server):
+    question = f"Write a very long story about a lighthouse. ({uuid.uuid4().hex[:6]})"
+    open_chat_page(page, service, spa_server)
+    page.get_by_test_id("settings-max-tokens").fill("300")
+    page.get_by_test_id("prompt-input").fill(question)
+    page.get_by_test_id("send-button").click()
+    wait_until_answer_grows(page)
+    page.get_by_test_id("stop-button").click()
+    expect(last_answer(page).get_by_test_id("answer-stats")).to_contain_text("stopped")
+    session_id = current_session_id(page, service, question)
+
+    last_answer(page).get_by_test_id("regenerate-button").click()
+    wait_for_answer(page)
+
+    assert page.get_by_test_id("message-assistant").count() == 1
+    assert stored_messages(service, session_id) == [("user", question), ("assistant", answer_source(last_answer(page)))]
