@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.utils import LifespanFailureError
 
 from service import SERVICE_VERSION
 from service.app import create_app
@@ -29,6 +30,7 @@ from service.configuration import (
     settings_from_values,
 )
 from service.settings import Settings, embedded_default_model
+from service.storage import StorageConfigurationError, check_database_url
 
 log = logging.getLogger("service")
 
@@ -189,14 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     try:
         settings, log_level = settings_from(arguments)
-    except (ConfigError, FileNotFoundError) as error:
+        check_database_url(settings.database_url)
+    except (ConfigError, StorageConfigurationError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     configure_logging(log_level)
     if (reason := unauthenticated_exposure(settings)) is not None:
         print(f"error: {reason}", file=sys.stderr)
         return 2
-    asyncio.run(_serve(settings))
+    try:
+        asyncio.run(_serve(settings))
+    except LifespanFailureError:
+        return 1  # startup failed (the database, say); the reason is already logged
     return 0
 
 

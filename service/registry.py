@@ -108,16 +108,21 @@ class ModelRegistry:
                 raise ValueError(f"a model with id {model_id!r} is already registered")
             self._entries[model_id] = entry
         if remember and self.store is not None:
-            self.store.save(ModelSpec(spec.source, model_id), options, entry.created)
+            try:  # stored first: a model the database refused must not be served by this replica alone
+                self.store.save(ModelSpec(spec.source, model_id), options, entry.created)
+            except BaseException:
+                with self._lock:
+                    self._entries.pop(model_id, None)
+                raise
         threading.Thread(target=self._load, args=(entry,), name=f"load:{model_id}", daemon=True).start()
         return entry
 
     def unload(self, model_id: str) -> ModelEntry | None:
         """Takes the model out now; its engine drains and closes in the background."""
+        if model_id in self._entries and self.store is not None:
+            self.store.delete(model_id)  # first: if the database refuses, the model stays as stored
         with self._lock:
             entry = self._entries.pop(model_id, None)
-        if entry is not None and self.store is not None:
-            self.store.delete(model_id)
         if entry is not None and entry.engine is not None:
             engine, entry.engine = entry.engine, None
             threading.Thread(target=engine.close, args=(UNLOAD_DRAIN_SECONDS,), name=f"unload:{model_id}", daemon=True).start()

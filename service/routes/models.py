@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -86,7 +87,8 @@ async def register_model(request: Request) -> JSONResponse:
         raise APIError(400, f"the source {body.source!r} does not exist on the server", param="source")
     options = ModelOptions(body.quant, body.activations, body.max_context, body.max_batch, body.device)
     try:
-        entry = registry.register(ModelSpec(source.resolve(), body.id), options, remember=True)
+        # A worker thread: the registry store may be a database across the network.
+        entry = await run_in_threadpool(registry.register, ModelSpec(source.resolve(), body.id), options, True)
     except ValueError as error:
         raise APIError(409, str(error), param="id", code="model_exists") from error
     return JSONResponse(describe(entry), status_code=202)
@@ -95,6 +97,6 @@ async def register_model(request: Request) -> JSONResponse:
 async def delete_model(request: Request) -> JSONResponse:
     registry: ModelRegistry = request.app.state.registry
     model_id = request.path_params["model_id"]
-    if registry.unload(model_id) is None:
+    if await run_in_threadpool(registry.unload, model_id) is None:
         raise _not_found(model_id)
     return JSONResponse({"id": model_id, "object": "model", "deleted": True})
