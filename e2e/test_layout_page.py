@@ -35,6 +35,8 @@ def within_screen(page, test_id: str) -> bool:
 
 def test_the_desktop_page_shows_settings_and_chat_side_by_side(page, service, spa_server, artifacts):
     open_chat_page(page, service, spa_server)
+    page.get_by_test_id("settings-max-tokens").fill("80")
+    page.get_by_test_id("settings-max-tokens").press("Tab")
     chat(page, "Write a short list of three fruits with a line about each.")
     page.screenshot(path=str(artifacts / "chat-desktop.png"))
 
@@ -49,12 +51,17 @@ def test_a_phone_can_chat_and_reach_every_setting(phone_page, service, spa_serve
     open_chat_page(page, service, spa_server)
     # The settings start folded away so the chat has the screen.
     assert not page.get_by_test_id("settings-api-key").is_visible()
+    page.get_by_test_id("settings-toggle").click()
+    page.get_by_test_id("settings-max-tokens").fill("80")
+    page.get_by_test_id("settings-max-tokens").press("Tab")
+    page.get_by_test_id("settings-toggle").click()
 
     chat(page, "Write a short list of three fruits with a line about each.")
     page.screenshot(path=str(artifacts / "chat-phone.png"))
     assert page.viewport_size["width"] == 390 and overflow(page) == 0
     assert all(within_screen(page, test_id) for test_id in MAIN_CONTROLS)
     expect(page.get_by_test_id("message-assistant").get_by_test_id("copy-button")).to_be_visible()
+    expect(page.get_by_test_id("model-select")).to_contain_text("· ready")
 
     page.get_by_test_id("settings-toggle").click()
     page.screenshot(path=str(artifacts / "settings-phone.png"))
