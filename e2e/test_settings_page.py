@@ -45,6 +45,7 @@ def test_the_generation_settings_are_kept_and_sent_with_every_request(page, serv
     chat(page, f"{QUESTION} ({uuid.uuid4().hex[:6]})")
 
     expect(last_answer(page).get_by_test_id("answer-stats")).to_contain_text("· 12 tokens ·")
+    expect(page.get_by_test_id("message-system")).to_have_text(SYSTEM_PROMPT)
     body = bodies[0]
     assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0, 0.9, 12)
     # Greedy decoding of the same system prompt and question over REST gives the same answer:

@@ -98,13 +98,13 @@ function showError(message) {
   elements.banner.hidden = !message;
 }
 
-// What went wrong, in words a person can act on; problems with the settings open the settings.
+// What went wrong, in words a person can act on.
 function describe(error) {
   if (error.code === "connection_lost") {
     return "The connection to the server was lost mid-answer: it may have stopped or restarted. "
       + "The answer was not saved; send again once the server is back.";
   }
-  if (error.status === 0 || error.status === 401) showSettings(true);
+  if (error.status === 401) showSettings(true);  // the key is fixed there
   switch (error.status) {
     case 0: return `Cannot reach the API at ${baseUrl()}. Is the server running, and is the address right?`;
     case 401: return "The API key was refused. Enter a valid key under API key.";
@@ -124,7 +124,7 @@ function modelLabel(model) {
 }
 
 // The picker lists every model with its status; only ready ones can be chosen. It is refreshed
-// while a model is on its way, and retried while the API cannot be reached.
+// while a model is on its way. Returns the models, or null when the API could not tell.
 async function loadModels() {
   clearTimeout(statusTimer);
   let models;
@@ -133,8 +133,8 @@ async function loadModels() {
   } catch (error) {
     elements.model.replaceChildren();
     showError(describe(error));
-    if (error.status === 0) statusTimer = setTimeout(reconnect, RECONNECT_MS);
-    return false;
+    if (error.status === 0) statusTimer = setTimeout(connect, RECONNECT_MS, { retrying: true });
+    return null;
   }
   const wanted = elements.model.value || localStorage.getItem("model");
   elements.model.replaceChildren(...models.map((model) => {
@@ -145,23 +145,22 @@ async function loadModels() {
   }));
   const ready = models.filter((model) => model.status === "ready").map((model) => model.id);
   elements.model.value = ready.includes(wanted) ? wanted : (ready[0] ?? "");
-  if (!models.length) showError("The server has no models.");
   if (models.some((model) => model.status === "converting" || model.status === "loading")) {
     statusTimer = setTimeout(loadModels, STATUS_POLL_MS);
   }
-  return true;
+  return models;
 }
 
-async function reconnect() {
-  if (await loadModels()) {
-    showError("");
-    await loadSessions().catch((error) => showError(describe(error)));
+// Loads models and chats; while the API cannot be reached it tries again every few seconds, and
+// the banner goes once it answers. A first failure opens the settings: the address may be wrong.
+async function connect({ retrying = false } = {}) {
+  const models = await loadModels();
+  if (!models) {
+    if (!retrying) showSettings(true);
+    return;
   }
-}
-
-async function connect() {
-  showError("");
-  if (await loadModels()) await loadSessions().catch((error) => showError(describe(error)));
+  showError(models.length ? "" : "The server has no models.");
+  await loadSessions().catch((error) => showError(describe(error)));
 }
 
 async function loadSessions() {
@@ -173,6 +172,7 @@ function sessionItem(session) {
   const item = document.createElement("li");
   item.dataset.testid = "session-item";
   item.classList.toggle("current", session.id === sessionId);
+  if (session.id === sessionId) item.setAttribute("aria-current", "true");
   const open = document.createElement("button");
   open.type = "button";
   open.className = "open";
@@ -320,6 +320,7 @@ async function answerStream(text, signal) {
     chatTitle = text.slice(0, TITLE_LENGTH);
     chatSystemPrompt = elements.systemPrompt.value.trim();
     sessionId = (await client.createSession(chatTitle, chatSystemPrompt)).id;
+    if (chatSystemPrompt) elements.messages.prepend(addMessage("system", chatSystemPrompt));
   }
   const messages = [...pendingHistory, { role: "user", content: text }];
   const body = { model: elements.model.value, session_id: sessionId, messages, ...samplingOptions() };
@@ -369,7 +370,7 @@ async function send(text) {
     outcome = error.name === "AbortError" ? "stopped" : "not saved";
     if (error.name !== "AbortError") showError(describe(error));
     // Once the server is back the banner goes and the model list is fresh again.
-    if (error.status === 0) statusTimer = setTimeout(reconnect, RECONNECT_MS);
+    if (error.status === 0) statusTimer = setTimeout(connect, RECONNECT_MS, { retrying: true });
   } finally {
     answer.classList.remove("streaming");
     renderMarkdown(content, answerText);
