@@ -42,6 +42,14 @@ def test_copy_puts_the_answer_as_the_model_wrote_it_on_the_clipboard(clipboard_p
     assert saved_answer[0] == "assistant" and page.evaluate("() => navigator.clipboard.readText()") == saved_answer[1]
 
 
+def regenerate(page) -> None:
+    """Clicks Regenerate on the last answer and waits for the answer that replaces it."""
+    replaced = last_answer(page).element_handle()
+    last_answer(page).get_by_test_id("regenerate-button").click()
+    replaced.wait_for_element_state("hidden")
+    wait_for_answer(page)
+
+
 def chat_requests(page) -> list[dict]:
     requests = []
     page.on("request", lambda request: requests.append(request.post_data_json) if request.url.endswith("/v1/chat/completions") else None)
@@ -56,8 +64,7 @@ def test_regenerate_replaces_the_last_answer_in_the_saved_chat(page, service, sp
     first_answer = answer_source(page.get_by_test_id("message-assistant").first)
     sent = chat_requests(page)
 
-    last_answer(page).get_by_test_id("regenerate-button").click()
-    wait_for_answer(page)
+    regenerate(page)
 
     new_answer = answer_source(last_answer(page))
     # Asked again with the earlier turn, into a chat that now holds only the new answer.
@@ -85,8 +92,7 @@ def test_regenerate_after_stop_asks_once_more_in_the_same_chat(page, service, sp
     expect(last_answer(page).get_by_test_id("answer-stats")).to_contain_text("stopped")
     session_id = current_session_id(page, service, question)
 
-    last_answer(page).get_by_test_id("regenerate-button").click()
-    wait_for_answer(page)
+    regenerate(page)
 
     assert page.get_by_test_id("message-assistant").count() == 1
     assert stored_messages(service, session_id) == [("user", question), ("assistant", answer_source(last_answer(page)))]
