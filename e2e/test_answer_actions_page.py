@@ -72,8 +72,6 @@ def test_regenerate_replaces_the_last_answer_in_the_saved_chat(page, service, sp
         ("user", first), ("assistant", first_answer), ("user", second),
     ]
     assert page.get_by_test_id("message-assistant").count() == 2
-    # The sidebar, refreshed once the replaced chat is deleted, lists the chat once: as the open one.
-    expect(page.locator('[data-testid="session-item"][aria-current="true"]')).to_contain_text(first)
     expect(session_named(page, first)).to_have_count(1)
     assert stored_messages(service, current_session_id(page, service, first)) == [
         ("user", first), ("assistant", first_answer), ("user", second), ("assistant", new_answer),

@@ -365,6 +365,10 @@ async function send(text) {
     }
     conversation.push({ role: "assistant", content: answerText });
     pendingHistory = [];
+    if (replacedSession) {  // its replacement now holds every turn
+      await api().deleteSession(replacedSession).catch((error) => showError(describe(error)));
+      replacedSession = null;
+    }
   } catch (error) {
     conversation.pop();  // the server saved neither the question nor a partial answer
     outcome = error.name === "AbortError" ? "stopped" : "not saved";
@@ -379,10 +383,6 @@ async function send(text) {
     setRunning(null);
   }
   if (outcome === "not saved") return;
-  if (!outcome && replacedSession) {
-    await api().deleteSession(replacedSession).catch((error) => showError(describe(error)));
-    replacedSession = null;
-  }
   await loadSessions().catch((error) => showError(describe(error)));
 }
 
