@@ -98,6 +98,17 @@ class RateLimitMiddleware:
             limits.streams_open -= 1
 
 
+def charge_request(connection: HTTPConnection) -> None:
+    """Charges one request to its key's requests-per-minute budget, or refuses it (429): for the
+    second and later requests on one WebSocket, whose handshake paid for the first."""
+    limits: KeyLimits | None = connection.scope.get("state", {}).get("key_limits")
+    if limits is None or limits.requests is None:
+        return
+    if wait := limits.requests.take(1):
+        message = f"this key may make {limits.key.rpm} requests per minute (rpm); retry in {math.ceil(wait)}s"
+        raise _rate_limited(message, "requests_per_minute", wait)
+
+
 def charge_tokens(connection: HTTPConnection, tokens: int) -> None:
     """Charges a generation's tokens to its key's tokens-per-minute budget, or refuses it (429)."""
     limits: KeyLimits | None = connection.scope.get("state", {}).get("key_limits")

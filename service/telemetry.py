@@ -8,9 +8,9 @@ streaming client experiences (engine step plus event-loop delay).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 
 from service.engine import Event, Failed, Finished, GenerationRequest, TextDelta, Ticket
 from service.logs import request_fields
@@ -20,8 +20,20 @@ from service.tracing import add_phase_spans, finish_generation_span, start_gener
 class _Observation:
     """One generation request: its span, the sequences still going, what they reported."""
 
-    def __init__(self, request: Request, operation: str, model: str, prompt_tokens: int, max_tokens, temperature, count: int):
-        state = request.app.state
+    def __init__(
+        self,
+        connection: HTTPConnection,
+        operation: str,
+        model: str,
+        prompt_tokens: int,
+        max_tokens,
+        temperature,
+        count: int,
+        started_ns: int | None,
+        log_fields: dict | None,
+        on_done: Callable[[dict], None] | None,
+    ):
+        state = connection.app.state
         self.metrics = state.metrics
         self.tracer = state.tracer
         self.model = model
@@ -29,9 +41,10 @@ class _Observation:
         self.count = self.remaining = count
         self.finished: list[Finished] = []
         self.failed = False
-        self.log = request_fields(request.scope)
+        self.log = request_fields(connection.scope) if log_fields is None else log_fields
         self.log.update(model=model, operation=operation)
-        start_ns = request.scope.get("state", {}).get("started_ns") or time.time_ns()
+        self.on_done = on_done
+        start_ns = started_ns or connection.scope.get("state", {}).get("started_ns") or time.time_ns()
         self.span = start_generation_span(self.tracer, operation, model, max_tokens, temperature, start_ns)
 
     def sequence_finished(self, finished: Finished, inter_token_seconds: list[float]) -> None:
@@ -61,6 +74,8 @@ class _Observation:
             outcome=outcome,
         )
         finish_generation_span(self.span, self.finished, self.prompt_tokens, outcome)
+        if self.on_done is not None:
+            self.on_done(self.log)
 
 
 class ObservedTicket:
@@ -99,16 +114,24 @@ class ObservedTicket:
 
 
 def observe_generation(
-    request: Request,
+    connection: HTTPConnection,
     operation: str,
     model: str,
     tickets: list[Ticket],
     prompt_tokens: int,
     asked: GenerationRequest,
+    started_ns: int | None = None,
+    log_fields: dict | None = None,
+    on_done: Callable[[dict], None] | None = None,
 ) -> list[ObservedTicket]:
     """Wraps admitted tickets so metrics, the trace and the log line see how they end;
-    `asked` is the engine request (its token budget and temperature, defaults applied)."""
+    `asked` is the engine request (its token budget and temperature, defaults applied).
+
+    An HTTP request's log line is written by RequestLogMiddleware from the scope's fields; a
+    request on a WebSocket (many per connection) passes its own `started_ns`, `log_fields` and an
+    `on_done` that writes its line."""
     observation = _Observation(
-        request, operation, model, prompt_tokens, asked.max_new_tokens, asked.sampling.temperature, len(tickets)
+        connection, operation, model, prompt_tokens, asked.max_new_tokens, asked.sampling.temperature, len(tickets),
+        started_ns, log_fields, on_done,
     )
     return [ObservedTicket(ticket, observation) for ticket in tickets]

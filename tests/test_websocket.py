@@ -4,6 +4,9 @@ several per socket, cancellation, sessions, errors as events and keep-alive."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -12,7 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.support import ServiceProcess
+from tests.support import REPO, ServiceProcess
 
 SMOL = "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -354,3 +357,71 @@ def test_a_socket_reaches_only_the_sessions_of_its_own_key(keyed_server):
 
     assert_error_event(endings[STRANGER_KEY], STRANGER_KEY, "session_id", "session_not_found")
     assert endings[OWNER_KEY]["type"] == "done"
+
+
+def metric_value(server, name: str, model: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{model="{model}"}} '):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_socket_generations_are_counted_in_the_metrics(api_server):
+    before = metric_value(api_server, "llm_time_to_first_token_seconds_count", "tiny")
+    tokens_before = metric_value(api_server, "llm_generation_tokens_total", "tiny")
+    with open_socket(api_server) as socket:
+        socket.send(chat_message(id="counted", max_tokens=5, ignore_eos=True))
+        done = events_until_ended(socket, ["counted"])["counted"][-1]
+    assert done["type"] == "done"
+    assert metric_value(api_server, "llm_time_to_first_token_seconds_count", "tiny") == before + 1
+    assert metric_value(api_server, "llm_generation_tokens_total", "tiny") == tokens_before + 5
+
+
+@pytest.fixture(scope="module")
+def rate_limited_server(tiny_model_dir, artifacts, tmp_path_factory):
+    keys_file = tmp_path_factory.mktemp("ws-keys") / "keys.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "keys", "--keys-file", str(keys_file), "create", "--name", "ws", "--rpm", "3"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    server = ServiceProcess(
+        "--model", f"tiny={tiny_model_dir}", "--models-dir", str(tmp_path_factory.mktemp("models")),
+        "--keys-file", str(keys_file), log_path=artifacts / "ws_rate_limited_server.log",
+    )
+    yield server, result.stdout.strip()
+    server.stop()
+
+
+def test_requests_per_minute_count_each_chat_on_a_socket_not_only_its_handshake(rate_limited_server):
+    server, key = rate_limited_server
+    endings = []
+    with open_socket(server, additional_headers={"Authorization": f"Bearer {key}"}) as socket:
+        for number in range(4):  # the handshake pays for the first; rpm 3 allows two more
+            socket.send(chat_message(id=f"r{number}", max_tokens=2))
+            endings.append(events_until_ended(socket, [f"r{number}"])[f"r{number}"][-1])
+    assert [ending["type"] for ending in endings] == ["done", "done", "done", "error"]
+    assert_error_event(endings[3], "r3", None, "requests_per_minute")
+    assert endings[3]["status"] == 429
+
+
+def test_a_draining_server_refuses_new_socket_requests_and_finishes_the_running_one(smollm2_model_dir, artifacts):
+    server = ServiceProcess(
+        "--model", f"{SMOL}={smollm2_model_dir}", "--max-context", "1024", "--drain-seconds", "60",
+        log_path=artifacts / "ws_drain.log",
+    )
+    try:
+        with open_socket(server) as socket:
+            send(socket, type="chat.completion", id="running", **{**LONG, "max_tokens": 400})
+            wait_until_streaming(socket, ["running"])
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            send(socket, type="chat.completion", id="late", model=SMOL, messages=QUESTION, max_tokens=2)
+            events = events_until_ended(socket, ["running", "late"], timeout=180)
+        exit_code = server.process.wait(60)
+    finally:
+        server.stop()
+    assert_error_event(events["late"][-1], "late", None, "draining")
+    assert events["late"][-1]["status"] == 503
+    assert events["running"][-1]["type"] == "done" and events["running"][-1]["usage"]["completion_tokens"] == 400
+    assert exit_code == 0

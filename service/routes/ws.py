@@ -29,6 +29,7 @@ from service.routes.models import ready_model
 from service.routes.sessions import SessionHistory, session_history
 from service.schemas import ChatCompletionRequest, decode_body
 from service.settings import Settings
+from service.telemetry import observe_generation
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class ChatSocket:
         self.websocket = websocket
         self.registry = registry
         self.requests: dict[str, asyncio.Task] = {}  # in flight, by client id
+        self.started = 0  # chat requests accepted on this socket; the handshake paid for the first
         self._send_lock = asyncio.Lock()
 
     async def serve(self) -> None:
@@ -139,6 +141,14 @@ class ChatSocket:
                 429, f"this socket already runs {MAX_REQUESTS_PER_SOCKET} requests, the most one socket may; "
                 "wait for one to end", code="too_many_requests",
             )
+        started_ns = time.time_ns()
+        if getattr(self.websocket.app.state, "draining", False):
+            raise APIError(
+                503, "the server is shutting down; retry on another instance", error_type="server_error", code="draining"
+            )
+        if self.started:
+            limits.charge_request(self.websocket)  # requests per minute count messages, not sockets
+        self.started += 1
         body = decode_body(data, ChatCompletionRequest)
         chat.check_guards(self.websocket, body)
         entry = ready_model(self.registry, body.model)
@@ -147,7 +157,9 @@ class ChatSocket:
         prompt_ids = chat._prompt_ids(entry.engine, body, history)
         requests = generation.choices_of(chat._generation_request(entry.engine, body, prompt_ids), body.n)
         limits.check_admission(self.websocket, requests, "messages")
-        self.requests[request_id] = asyncio.create_task(self.complete(request_id, entry, body, len(prompt_ids), requests, history))
+        self.requests[request_id] = asyncio.create_task(
+            self.complete(request_id, entry, body, len(prompt_ids), requests, history, started_ns)
+        )
 
     async def cancel(self, request_id: str) -> None:
         task = self.requests.pop(request_id, None)
@@ -164,6 +176,7 @@ class ChatSocket:
         prompt_tokens: int,
         requests: list[GenerationRequest],
         history: SessionHistory | None,
+        started_ns: int,
     ) -> None:
         """Streams one request's chunks and ends it with `done`, or `error` when it is refused or fails."""
         engine = entry.engine
@@ -176,7 +189,11 @@ class ChatSocket:
             return {"type": "chat.completion.chunk", "id": request_id, "chunk": chunks(*arguments, **options)}
 
         try:
-            tickets = await generation.admit(engine, requests)
+            tickets = observe_generation(
+                self.websocket, "chat", entry.model_id, await generation.admit(engine, requests), prompt_tokens, requests[0],
+                started_ns=started_ns, log_fields={"request_id": request_id, "transport": "websocket"},
+                on_done=lambda fields: log.info("websocket request", extra=fields),
+            )
             finished: dict[int, Finished] = {}
             first_answer: list[str] = []  # choice 0, the one a session keeps
             try:
