@@ -77,7 +77,7 @@ OPTIONS: tuple[Option, ...] = (
         "server", "cors_origins", list, "browser origins allowed to call the API besides loopback ones (the SPA's host)",
         flag_name="--cors-origin", metavar="ORIGIN",
     ),
-    Option("server", "sse_keepalive", float, "seconds of silence after which a stream gets an SSE keep-alive comment", minimum=0.1),
+    Option("server", "sse_keepalive", float, "seconds of silence after which a stream gets an SSE keep-alive comment", minimum=0.01),
     Option("server", "drain_seconds", float, "on SIGTERM, seconds accepted generation requests may take to finish", minimum=0),
     Option("storage", "models_dir", Path, "cache of converted models, keyed by source hash and converter version"),
     Option(

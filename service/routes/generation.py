@@ -145,7 +145,8 @@ async def merged(tickets: list[Ticket], keepalive: float | None = None) -> Async
     try:
         while remaining:
             try:
-                item = await asyncio.wait_for(queue.get(), keepalive)
+                async with asyncio.timeout(keepalive):  # unlike wait_for, no task per event
+                    item = await queue.get()
             except TimeoutError:
                 yield -1, None
                 continue
