@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 
 from service.engine import Engine
@@ -29,14 +29,15 @@ MAX_LIST_LIMIT = 100
 ANSWER_ROOM = 256
 
 
-def owner_of(request: Request) -> str | None:
-    """The owner of sessions this request may see: set by authentication once API keys exist;
-    until then every request is anonymous (None) and sees the sessions created without one."""
-    return getattr(request.state, "owner", None)
+def owner_of(connection: HTTPConnection) -> str | None:
+    """The owner of sessions this request or socket may see: set by authentication from its
+    API key; without keys every connection is anonymous (None) and sees the sessions created
+    without one."""
+    return getattr(connection.state, "owner", None)
 
 
-def _store(request: Request) -> SessionStore:
-    return request.app.state.sessions
+def _store(connection: HTTPConnection) -> SessionStore:
+    return connection.app.state.sessions
 
 
 def _not_found(session_id: str, param: str | None = None) -> APIError:
@@ -248,10 +249,10 @@ def _as_chat(message: StoredMessage) -> dict:
     return {"role": message.role, "content": message.content}
 
 
-async def session_history(request: Request, session_id: str) -> SessionHistory:
-    """The session a chat request names, or a 404 naming `session_id`."""
-    store = _store(request)
-    found = await asyncio.to_thread(store.get_with_messages, session_id, owner_of(request))
+async def session_history(connection: HTTPConnection, session_id: str) -> SessionHistory:
+    """The session a chat request (over HTTP or the WebSocket) names, or a 404 naming `session_id`."""
+    store = _store(connection)
+    found = await asyncio.to_thread(store.get_with_messages, session_id, owner_of(connection))
     if found is None:
         raise _not_found(session_id, param="session_id")
     session, messages = found
