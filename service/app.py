@@ -86,6 +86,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         Route("/v1/sessions", sessions.list_sessions, methods=["GET"]),
         Route("/v1/sessions/{session_id}", sessions.get_session, methods=["GET"]),
         Route("/v1/sessions/{session_id}", sessions.delete_session, methods=["DELETE"]),
+        Route("/v1/sessions/{session_id}/turns/last", sessions.delete_last_turn, methods=["DELETE"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
         WebSocketRoute("/v1/ws", ws.chat_socket),
     ]

@@ -84,6 +84,12 @@ OPERATIONS: list[Operation] = [
     Operation("GET", "/v1/sessions", "List sessions, newest first; ?q= searches past messages, ?limit and ?after page", errors=(400,)),
     Operation("GET", "/v1/sessions/{session_id}", "One session with its messages", errors=(404,)),
     Operation("DELETE", "/v1/sessions/{session_id}", "Delete a session and its messages", errors=(404,)),
+    Operation(
+        "DELETE",
+        "/v1/sessions/{session_id}/turns/last",
+        "Take back a session's newest turn (its messages and answer), e.g. to ask again; 409 session_empty without one",
+        errors=(404, 409),
+    ),
     Operation("GET", "/openapi.json", "This document"),
 ]
 

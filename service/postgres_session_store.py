@@ -20,6 +20,7 @@ from service.session_store import (
     SESSION_COLUMNS,
     SNIPPET_TOKENS,
     NewMessage,
+    SessionHasNoTurns,
     SessionNotFound,
     StoredMessage,
     StoredSession,
@@ -161,6 +162,30 @@ class PostgresSessionStore:
             self._insert_messages(connection, session_id, position, turn, messages, now)
             connection.execute("UPDATE sessions SET updated = %s WHERE id = %s", (now, session_id))
         return turn
+
+    def delete_last_turn(self, session_id: str, owner: str | None = None) -> tuple[StoredSession, list[StoredMessage]]:
+        """Locks the session's row as appending does, so a turn being appended meanwhile is
+        either removed whole or stays whole; the search words go with their rows."""
+        now = int(time.time())
+        owner_clause, owner_parameters = _owner_is(owner)
+        with self._database.transaction() as connection:
+            locked = connection.execute(
+                f"SELECT id FROM sessions WHERE id = %s AND {owner_clause} FOR UPDATE", (session_id, *owner_parameters)
+            ).fetchone()
+            if locked is None:
+                raise SessionNotFound(session_id)
+            rows = connection.execute(
+                "SELECT position, turn, role, content, token_count, created FROM messages "
+                "WHERE session_id = %s AND turn = (SELECT MAX(turn) FROM messages WHERE session_id = %s AND turn > 0) "
+                "ORDER BY position",
+                (session_id, session_id),
+            ).fetchall()
+            if not rows:
+                raise SessionHasNoTurns(session_id)
+            connection.execute("DELETE FROM messages WHERE session_id = %s AND turn = %s", (session_id, rows[0][1]))
+            connection.execute("UPDATE sessions SET updated = %s WHERE id = %s", (now, session_id))
+            session = self._session(connection, session_id, owner)
+        return session, [StoredMessage(*row) for row in rows]
 
     @staticmethod
     def _session(connection: psycopg.Connection, session_id: str, owner: str | None) -> StoredSession | None:

@@ -31,6 +31,10 @@ class SessionNotFound(LookupError):
     """No session with this id belongs to this owner (or it was deleted meanwhile)."""
 
 
+class SessionHasNoTurns(LookupError):
+    """The session holds no turn to take back: nothing, or only its system prompt (turn 0)."""
+
+
 @dataclass(frozen=True)
 class NewMessage:
     role: str
@@ -112,6 +116,14 @@ class SessionStore(Protocol):
         """Appends one turn (a request's messages and its answer) atomically; returns its number.
         Concurrent appends to one session store whole turns one after the other, never
         interleaved. Raises SessionNotFound if the session is gone."""
+        ...
+
+    def delete_last_turn(self, session_id: str, owner: str | None = None) -> tuple[StoredSession, list[StoredMessage]]:
+        """Removes the newest turn atomically, with its search entries, and sets `updated` as
+        appending does; returns the session so changed and the removed messages. The system
+        prompt (turn 0) is never removed; the next turn appended takes the removed one's number.
+        Ordered with appends to the same session. Raises SessionNotFound if this owner has no
+        such session, SessionHasNoTurns if it has no turn past the system prompt."""
         ...
 
     def close(self) -> None: ...

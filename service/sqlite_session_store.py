@@ -25,6 +25,7 @@ from service.session_store import (
     SESSION_COLUMNS,
     SNIPPET_TOKENS,
     NewMessage,
+    SessionHasNoTurns,
     SessionNotFound,
     StoredMessage,
     StoredSession,
@@ -234,6 +235,25 @@ class SQLiteSessionStore:
             self._insert_messages(connection, session_id, position, turn, messages, now)
             connection.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
         return turn
+
+    def delete_last_turn(self, session_id: str, owner: str | None = None) -> tuple[StoredSession, list[StoredMessage]]:
+        """The delete trigger takes the messages out of the search index in the same transaction."""
+        now = int(time.time())
+        with self._transaction(write=True) as connection:
+            if self._session(connection, session_id, owner) is None:
+                raise SessionNotFound(session_id)
+            rows = connection.execute(
+                "SELECT position, turn, role, content, token_count, created FROM messages "
+                "WHERE session_id = ? AND turn = (SELECT MAX(turn) FROM messages WHERE session_id = ? AND turn > 0) "
+                "ORDER BY position",
+                (session_id, session_id),
+            ).fetchall()
+            if not rows:
+                raise SessionHasNoTurns(session_id)
+            connection.execute("DELETE FROM messages WHERE session_id = ? AND turn = ?", (session_id, rows[0][1]))
+            connection.execute("UPDATE sessions SET updated = ? WHERE id = ?", (now, session_id))
+            session = self._session(connection, session_id, owner)
+        return session, [StoredMessage(*row) for row in rows]
 
     @staticmethod
     def _session(connection: sqlite3.Connection, session_id: str, owner: str | None) -> StoredSession | None:

@@ -90,6 +90,10 @@ def history(server, session_id: str) -> list[dict]:
     return [{"role": message["role"], "content": message["content"]} for message in messages]
 
 
+def delete_last_turn(server, session_id: str, **options) -> httpx.Response:
+    return httpx.delete(f"{server.url}/v1/sessions/{session_id}/turns/last", timeout=30, **options)
+
+
 def prompt_tokens(folder: ModelFolder, messages: list[dict]) -> int:
     return len(folder.encode(folder.chat_template.render(messages)))
 
@@ -368,6 +372,100 @@ def test_deleted_sessions_are_no_longer_found(server):
     assert list_sessions(server, q=word).json()["data"] == []
 
 
+# Taking back the last turn.
+
+
+def test_deleting_the_last_turn_removes_it_and_answers_with_its_messages(server):
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT)["id"]
+    say(server, session_id, "Kept question.")
+    say(server, session_id, "Taken back question.")
+    before = get_session(server, session_id).json()
+
+    deleted = delete_last_turn(server, session_id)
+
+    assert deleted.status_code == 200, deleted.text
+    after = get_session(server, session_id).json()
+    assert deleted.json() == {
+        "object": "session.turn.deleted",
+        "session_id": session_id,
+        "turn": 2,
+        "deleted": True,
+        "messages": before["messages"][3:],
+        "session": {key: value for key, value in after.items() if key != "messages"},
+    }
+    assert after["messages"] == before["messages"][:3]
+
+
+def test_a_deleted_turn_is_no_longer_found_by_search(server):
+    kept, taken_back = f"kept{uuid.uuid4().hex[:8]}", f"gone{uuid.uuid4().hex[:8]}"
+    session_id = create_session(server)["id"]
+    say(server, session_id, f"The {kept} stays.")
+    say(server, session_id, f"The {taken_back} goes.")
+
+    delete_last_turn(server, session_id)
+
+    assert list_sessions(server, q=taken_back).json()["data"] == []
+    assert [session["id"] for session in list_sessions(server, q=kept).json()["data"]] == [session_id]
+
+
+def test_the_turn_after_a_deleted_one_continues_from_the_earlier_history(server, tiny_folder):
+    session_id = create_session(server, system_prompt=SYSTEM_PROMPT, max_turns=1)["id"]
+    say(server, session_id, "Turn one.")
+    remembered = history(server, session_id)  # the system prompt and turn one
+    say(server, session_id, "Turn two, taken back.")
+    delete_last_turn(server, session_id)
+    question = {"role": "user", "content": "Turn two, asked again."}
+
+    usage = say(server, session_id, question["content"])["usage"]
+
+    # max_turns=1 remembers the newest turn, which is turn one again.
+    assert usage["prompt_tokens"] == prompt_tokens(tiny_folder, remembered + [question])
+    stored = [(message["position"], message["turn"], message["role"]) for message in get_session(server, session_id).json()["messages"]]
+    assert stored == [(0, 0, "system"), (1, 1, "user"), (2, 1, "assistant"), (3, 2, "user"), (4, 2, "assistant")]
+
+
+def test_deleting_the_last_turn_of_an_unknown_session_is_a_404(server):
+    assert_error(delete_last_turn(server, "sess_0000nothing"), 404, code="session_not_found")
+
+
+@pytest.mark.parametrize("system_prompt", [None, SYSTEM_PROMPT])
+def test_a_session_without_turns_has_no_last_turn_to_delete_a_409(server, system_prompt):
+    session = create_session(server, system_prompt=system_prompt)
+
+    response = delete_last_turn(server, session["id"])
+
+    assert_error(response, 409, code="session_empty")
+    assert get_session(server, session["id"]).json() == session  # the system prompt stays
+
+
+OWNER_KEY, STRANGER_KEY = "sk-test-sessions-owner", "sk-test-sessions-stranger"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def keyed_server(request, tiny_model_dir, artifacts, tmp_path_factory):
+    """The tiny model behind two API keys, over each backend."""
+    process = ServiceProcess(
+        "--model", f"tiny={tiny_model_dir}", "--models-dir", str(tmp_path_factory.mktemp("models")),
+        "--data-dir", str(tmp_path_factory.mktemp("data")), "--api-key", OWNER_KEY, "--api-key", STRANGER_KEY,
+        *database_arguments(request, request.param), log_path=artifacts / f"sessions_keyed_{request.param}_server.log",
+    )
+    yield process
+    process.stop()
+
+
+def test_another_keys_last_turn_is_not_found_and_stays(keyed_server):
+    owner, stranger = ({"Authorization": f"Bearer {key}"} for key in (OWNER_KEY, STRANGER_KEY))
+    session_id = httpx.post(f"{keyed_server.url}/v1/sessions", json={}, headers=owner, timeout=30).json()["id"]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Mine."}], "max_tokens": 2, "session_id": session_id}
+    assert httpx.post(f"{keyed_server.url}/v1/chat/completions", json=body, headers=owner, timeout=60).status_code == 200
+
+    response = delete_last_turn(keyed_server, session_id, headers=stranger)
+
+    assert_error(response, 404, code="session_not_found")
+    messages = httpx.get(f"{keyed_server.url}/v1/sessions/{session_id}", headers=owner, timeout=30).json()["messages"]
+    assert [(message["role"], message["turn"]) for message in messages] == [("user", 1), ("assistant", 1)]
+
+
 # Durability.
 
 
@@ -434,19 +532,25 @@ def test_every_store_query_filters_on_the_owner(storage_settings):
     store = storage.sessions
     mine = store.create(owner="key-a")
     anonymous = store.create()
+    store.append_turn(anonymous.id, [NewMessage("user", "anonymous turn")])
 
     visible = {
         "list": [session.id for session in store.list_sessions(owner="key-a")[0]],
         "get other": store.get(anonymous.id, owner="key-a"),
         "delete other": store.delete(anonymous.id, owner="key-a"),
         "append other": _refused(lambda: store.append_turn(anonymous.id, [NewMessage("user", "x")], owner="key-a")),
+        "delete last turn of other": _refused(lambda: store.delete_last_turn(anonymous.id, owner="key-a")),
         "anonymous list": [session.id for session in store.list_sessions()[0]],
     }
+    anonymous_messages = [message.content for message in store.get_with_messages(anonymous.id)[1]]
     storage.close()
 
     assert visible == {
-        "list": [mine.id], "get other": None, "delete other": False, "append other": True, "anonymous list": [anonymous.id]
+        "list": [mine.id], "get other": None, "delete other": False, "append other": True,
+        "delete last turn of other": True, "anonymous list": [anonymous.id],
     }
+    assert anonymous_messages == ["anonymous turn"]
+
 
 
 def _refused(action) -> bool:

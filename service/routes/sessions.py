@@ -20,7 +20,14 @@ from service.engine import Engine
 from service.errors import APIError
 from service.model_folder import ModelFolder
 from service.schemas import ChatMessage, CreateSessionRequest, decode_body
-from service.session_store import NewMessage, SessionNotFound, SessionStore, StoredMessage, StoredSession
+from service.session_store import (
+    NewMessage,
+    SessionHasNoTurns,
+    SessionNotFound,
+    SessionStore,
+    StoredMessage,
+    StoredSession,
+)
 
 DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
@@ -157,6 +164,28 @@ async def delete_session(request: Request) -> JSONResponse:
     if not await asyncio.to_thread(_store(request).delete, session_id, owner_of(request)):
         raise _not_found(session_id)
     return JSONResponse({"id": session_id, "object": "session.deleted", "deleted": True})
+
+
+async def delete_last_turn(request: Request) -> JSONResponse:
+    """Takes back the newest turn, so a client can ask again (regenerate) in the same session."""
+    session_id = request.path_params["session_id"]
+    try:
+        session, removed = await asyncio.to_thread(_store(request).delete_last_turn, session_id, owner_of(request))
+    except SessionNotFound as error:
+        raise _not_found(session_id) from error
+    except SessionHasNoTurns as error:
+        message = f"the session {session_id!r} has no turn to delete: it holds at most its system prompt"
+        raise APIError(409, message, code="session_empty") from error
+    return JSONResponse(
+        {
+            "object": "session.turn.deleted",
+            "session_id": session_id,
+            "turn": removed[0].turn,
+            "deleted": True,
+            "messages": [describe_message(message) for message in removed],
+            "session": describe(session),
+        }
+    )
 
 
 def remembered_turns(
