@@ -81,6 +81,11 @@ export class ApiClient {
     await this.request(`/v1/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
   }
 
+  // Takes the session's newest turn back; resolves to it (`messages`: what it held).
+  async deleteLastTurn(id) {
+    return (await this.request(`/v1/sessions/${encodeURIComponent(id)}/turns/last`, { method: "DELETE" })).json();
+  }
+
   // Yields each parsed SSE `data:` payload of a streamed chat completion until [DONE].
   async* streamSse(body, signal) {
     const response = await this.request("/v1/chat/completions", {
@@ -119,6 +124,7 @@ export class ApiClient {
   // The same chunks over /v1/ws, then one `{usage}` chunk as SSE's include_usage sends.
   // Aborting the signal sends `cancel` and ends with an AbortError once the server confirms.
   async* streamWebSocket(body, signal) {
+    if (signal?.aborted) throw aborted();  // stopped before it began: an abort listener would never fire
     const url = new URL("/v1/ws", this.baseUrl.replace(/^http/, "ws"));
     if (this.apiKey) url.searchParams.set("api_key", this.apiKey);  // browsers cannot set headers on a socket
     const socket = new WebSocket(url);

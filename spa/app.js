@@ -37,14 +37,7 @@ const STATUS_POLL_MS = 2000;  // while a model converts or loads, its status is 
 const RECONNECT_MS = 5000;  // while the API cannot be reached, the page tries again
 const PHONE_WIDTH = 600;
 
-let conversation = [];  // the user and assistant messages of this chat, as the server keeps them
 let sessionId = null;  // the server-side session of this chat, once its first message is sent
-let chatTitle = "";
-let chatSystemPrompt = "";
-// After a regenerate, the chat's new session lacks the earlier turns until its first answer is
-// saved: they go out with that message, and the replaced session is deleted then.
-let pendingHistory = [];
-let replacedSession = null;
 let running = null;
 let statusTimer = null;
 
@@ -171,6 +164,7 @@ async function loadSessions() {
 function sessionItem(session) {
   const item = document.createElement("li");
   item.dataset.testid = "session-item";
+  item.dataset.sessionId = session.id;
   item.classList.toggle("current", session.id === sessionId);
   if (session.id === sessionId) item.setAttribute("aria-current", "true");
   const open = document.createElement("button");
@@ -191,13 +185,8 @@ function sessionItem(session) {
   return item;
 }
 
-function startChat(id, messages, title = "") {
+function startChat(id, messages) {
   sessionId = id;
-  chatTitle = title;
-  chatSystemPrompt = messages.find((message) => message.role === "system")?.content ?? "";
-  pendingHistory = [];
-  replacedSession = null;
-  conversation = messages.filter((message) => message.role !== "system").map(({ role, content }) => ({ role, content }));
   elements.messages.replaceChildren();
   for (const message of messages) {
     const element = addMessage(message.role, message.content);
@@ -215,7 +204,7 @@ async function openSession(id) {
   try {
     const session = await api().getSession(id);
     const shown = session.messages.filter((message) => ["system", "user", "assistant"].includes(message.role));
-    startChat(session.id, shown, session.title ?? "");
+    startChat(session.id, shown);
     await loadSessions();
   } catch (error) {
     showError(describe(error));
@@ -314,23 +303,21 @@ function setRunning(controller) {
 
 // The chunks of one answer, over the chosen transport. The server keeps the chat as a session
 // (created with the first message, holding the system prompt), so only new messages go out.
-async function answerStream(text, signal) {
+async function answerStream(messages, signal) {
   const client = api();
   if (!sessionId) {
-    chatTitle = text.slice(0, TITLE_LENGTH);
-    chatSystemPrompt = elements.systemPrompt.value.trim();
-    sessionId = (await client.createSession(chatTitle, chatSystemPrompt)).id;
-    if (chatSystemPrompt) elements.messages.prepend(addMessage("system", chatSystemPrompt));
+    const systemPrompt = elements.systemPrompt.value.trim();
+    sessionId = (await client.createSession(messages.at(-1).content.slice(0, TITLE_LENGTH), systemPrompt)).id;
+    if (systemPrompt) elements.messages.prepend(addMessage("system", systemPrompt));
   }
-  const messages = [...pendingHistory, { role: "user", content: text }];
   const body = { model: elements.model.value, session_id: sessionId, messages, ...samplingOptions() };
   return elements.transport.value === "websocket" ? client.streamWebSocket(body, signal) : client.streamSse(body, signal);
 }
 
-// Sends the user message `text` (already shown) and streams the answer into a new message.
-async function send(text) {
+// Sends `messages` (already shown), the chat's next turn, and streams the answer into a new
+// message. `controller` stops it; a caller that set the page running passes its own.
+async function send(messages, controller = new AbortController()) {
   showError("");
-  conversation.push({ role: "user", content: text });
   const answer = addMessage("assistant", "");
   const content = answer.firstChild;
   let answerText = "";
@@ -345,13 +332,12 @@ async function send(text) {
     });
   };
   answer.classList.add("streaming");
-  const controller = new AbortController();
   setRunning(controller);
   const timing = { started: performance.now(), first: null, last: null, pieces: 0, model: elements.model.value };
   let usage = null;
   let outcome = "";
   try {
-    for await (const chunk of await answerStream(text, controller.signal)) {
+    for await (const chunk of await answerStream(messages, controller.signal)) {
       if (chunk.usage) usage = chunk.usage;
       if (chunk.model) timing.model = chunk.model;
       const piece = chunk.choices?.[0]?.delta?.content;
@@ -363,14 +349,8 @@ async function send(text) {
         render();
       }
     }
-    conversation.push({ role: "assistant", content: answerText });
-    pendingHistory = [];
-    if (replacedSession) {  // its replacement now holds every turn
-      await api().deleteSession(replacedSession).catch((error) => showError(describe(error)));
-      replacedSession = null;
-    }
   } catch (error) {
-    conversation.pop();  // the server saved neither the question nor a partial answer
+    // The server saved neither the question nor a partial answer.
     outcome = error.name === "AbortError" ? "stopped" : "not saved";
     if (error.name !== "AbortError") showError(describe(error));
     // Once the server is back the banner goes and the model list is fresh again.
@@ -397,30 +377,32 @@ function statsText(timing, usage, outcome) {
   return (outcome ? [outcome, ...parts] : parts).join(" · ");
 }
 
-// Regenerates the last answer. A saved answer cannot be taken back out of its session, so the
-// chat moves to a new session that gets the earlier turns with the regenerated question; an
-// answer that was never saved is simply asked for again.
+// Regenerates the last answer in the same session. A saved answer's turn is taken back out of
+// the session first, and the messages it held are asked again; an answer that was never saved
+// (stopped, failed) left nothing to take back, so its question is simply asked again.
 async function regenerateLast() {
   if (running) return;
   const answer = [...elements.messages.querySelectorAll('[data-testid="message-assistant"]')].at(-1);
   const question = [...elements.messages.querySelectorAll('[data-testid="message-user"]')].at(-1)?.textContent;
   if (!answer || !question) return;
   showError("");
+  // Running from here on: a second click must not take back a second turn. Stop is honoured once
+  // the answer is asked for, so the page never loses track of what the server holds.
+  const controller = new AbortController();
+  setRunning(controller);
+  let messages = [{ role: "user", content: question }];
   if (!answer.classList.contains("interrupted")) {
-    let replacement;
     try {
-      replacement = await api().createSession(chatTitle || question.slice(0, TITLE_LENGTH), chatSystemPrompt);
+      const removed = await api().deleteLastTurn(sessionId);
+      messages = removed.messages.filter((message) => message.role !== "assistant").map(({ role, content }) => ({ role, content }));
     } catch (error) {
+      setRunning(null);
       showError(describe(error));
       return;
     }
-    conversation.splice(-2);  // the saved question and answer
-    pendingHistory = [...conversation];
-    replacedSession ??= sessionId;
-    sessionId = replacement.id;
   }
   answer.remove();
-  await send(question);
+  await send(messages, controller);
 }
 
 elements.composer.addEventListener("submit", (event) => {
@@ -433,7 +415,7 @@ elements.composer.addEventListener("submit", (event) => {
   }
   elements.prompt.value = "";
   addMessage("user", text);
-  send(text);
+  send([{ role: "user", content: text }]);
 });
 elements.prompt.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
