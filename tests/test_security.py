@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from service.model_folder import ModelFolder
+from service.openapi import OPERATIONS
 from tests.support import REPO, ServiceProcess
 
 USER_KEY = "sk-test-user-0123456789abcdef0123456789abcdef"
@@ -24,10 +26,22 @@ PROTECTED = [
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 2}),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/tiny", None),
+    ("POST", "/v1/models", {"id": "other", "source": "/nonexistent"}),
+    ("DELETE", "/v1/models/tiny", None),
     ("POST", "/v1/sessions", {}),
     ("GET", "/v1/sessions", None),
+    ("GET", "/v1/sessions/sess_unknown", None),
+    ("DELETE", "/v1/sessions/sess_unknown", None),
+    ("DELETE", "/v1/sessions/sess_unknown/turns/last", None),
     ("GET", "/openapi.json", None),
 ]
+OPEN_WITHOUT_KEY = {"/livez", "/readyz", "/startupz", "/metrics"}  # /metrics: only with --metrics-public
+
+
+def test_every_route_of_the_api_is_checked_for_keys():
+    checked = {(method, re.sub(r"/(tiny|sess_unknown)(?=/|$)", "/X", path)) for method, path, _ in PROTECTED}
+    routes = {(operation.method, re.sub(r"\{[^}]+\}", "X", operation.path)) for operation in OPERATIONS}
+    assert routes - checked - {("GET", path) for path in OPEN_WITHOUT_KEY} == set()
 
 
 def bearer(key: str) -> dict[str, str]:
