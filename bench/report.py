@@ -225,7 +225,9 @@ def render(results: dict) -> str:
         "(int4 round-to-nearest, block 32, default accuracy level); `bench/peer_genai.py` measures it.",
         "- HTTP: `bench/http_load.py` starts N streaming chat completions at once (`max_tokens` "
         f"{results['new_tokens']}, `ignore_eos`, temperature 0) and counts tokens from the usage chunk; each "
-        "level runs twice after a warm-up request and the faster complete attempt counts. "
+        "level runs twice after a warm-up request and the faster complete attempt counts. The client is a bare "
+        "HTTP/1.1 reader of chunked SSE lines, since it shares the 2 cores with the server it measures and httpx "
+        "spent about 1 ms of CPU per streamed chunk there. "
         "llama-server is built with cmake from the same vendored llama.cpp (`-DGGML_NATIVE=ON`, static) and run "
         "with `-np 16 -c 16384 -t 2 -tb 2` (16 slots, continuous batching); this service runs as "
         "`python -m service --model CONVERTED_FOLDER --max-context 2048 --threads 2`. Both on 127.0.0.1.",
