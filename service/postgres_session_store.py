@@ -148,13 +148,8 @@ class PostgresSessionStore:
         """The session's row lock orders appends from every replica: the second waits for the
         first to commit, then reads positions that include the first's turn."""
         now = int(time.time())
-        owner_clause, owner_parameters = _owner_is(owner)
         with self._database.transaction() as connection:
-            locked = connection.execute(
-                f"SELECT id FROM sessions WHERE id = %s AND {owner_clause} FOR UPDATE", (session_id, *owner_parameters)
-            ).fetchone()
-            if locked is None:
-                raise SessionNotFound(session_id)
+            self._lock_session(connection, session_id, owner)
             position, turn = connection.execute(
                 "SELECT COALESCE(MAX(position) + 1, 0), COALESCE(MAX(turn) + 1, 1) FROM messages WHERE session_id = %s",
                 (session_id,),
@@ -167,13 +162,8 @@ class PostgresSessionStore:
         """Locks the session's row as appending does, so a turn being appended meanwhile is
         either removed whole or stays whole; the search words go with their rows."""
         now = int(time.time())
-        owner_clause, owner_parameters = _owner_is(owner)
         with self._database.transaction() as connection:
-            locked = connection.execute(
-                f"SELECT id FROM sessions WHERE id = %s AND {owner_clause} FOR UPDATE", (session_id, *owner_parameters)
-            ).fetchone()
-            if locked is None:
-                raise SessionNotFound(session_id)
+            self._lock_session(connection, session_id, owner)
             rows = connection.execute(
                 "SELECT position, turn, role, content, token_count, created FROM messages "
                 "WHERE session_id = %s AND turn = (SELECT MAX(turn) FROM messages WHERE session_id = %s AND turn > 0) "
@@ -186,6 +176,16 @@ class PostgresSessionStore:
             connection.execute("UPDATE sessions SET updated = %s WHERE id = %s", (now, session_id))
             session = self._session(connection, session_id, owner)
         return session, [StoredMessage(*row) for row in rows]
+
+    @staticmethod
+    def _lock_session(connection: psycopg.Connection, session_id: str, owner: str | None) -> None:
+        """Holds the session's row until the transaction ends; SessionNotFound if the owner has none."""
+        owner_clause, owner_parameters = _owner_is(owner)
+        locked = connection.execute(
+            f"SELECT id FROM sessions WHERE id = %s AND {owner_clause} FOR UPDATE", (session_id, *owner_parameters)
+        ).fetchone()
+        if locked is None:
+            raise SessionNotFound(session_id)
 
     @staticmethod
     def _session(connection: psycopg.Connection, session_id: str, owner: str | None) -> StoredSession | None:
