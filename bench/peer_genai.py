@@ -9,12 +9,11 @@ same token counts, best of a few runs, peak RSS of this process.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import onnxruntime_genai as og
-from peer_report import measure_prompts, print_result
+from peer_report import measure_prompts, peer_arguments, print_result
 
 
 def measure(model: og.Model, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
@@ -38,14 +37,7 @@ def measure(model: og.Model, prompt: list[int], new_tokens: int) -> tuple[float,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--text", required=True, help="filler text, repeated and cut to each prompt length")
-    parser.add_argument("--prompt-tokens", default="32,640")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    arguments = parser.parse_args()
+    arguments = peer_arguments(__doc__.split("\n")[0])
 
     started = time.perf_counter()
     config = og.Config(arguments.model)

@@ -10,11 +10,10 @@ no run reuses another's prompt.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import llama_cpp
-from peer_report import measure_prompts, print_result
+from peer_report import measure_prompts, peer_arguments, print_result
 
 
 def measure(llm: llama_cpp.Llama, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
@@ -34,14 +33,7 @@ def measure(llm: llama_cpp.Llama, prompt: list[int], new_tokens: int) -> tuple[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--text", required=True, help="filler text, repeated and cut to each prompt length")
-    parser.add_argument("--prompt-tokens", default="32,640")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    arguments = parser.parse_args()
+    arguments = peer_arguments(__doc__.split("\n")[0])
 
     started = time.perf_counter()
     llm = llama_cpp.Llama(

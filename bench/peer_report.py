@@ -6,9 +6,22 @@ script that measures (bench/ is that script's first import path).
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 from collections.abc import Callable
+
+
+def peer_arguments(description: str) -> argparse.Namespace:
+    """The flags every peer script takes: its model, the filler text and the measurement's shape."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--text", required=True, help="filler text, repeated and cut to each prompt length")
+    parser.add_argument("--prompt-tokens", default="32,640")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args()
 
 
 def measure_prompts(
