@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -75,10 +76,24 @@ class StoredSession:
         return cls(session_id, created, updated, title, model, owner, metadata, max_turns, max_tokens, snippet)
 
 
+_last_id_parts = [0, 0]  # milliseconds and randomness of the last id this process made
+_id_lock = threading.Lock()
+
+
 def new_session_id() -> str:
     """`sess_` + milliseconds since the epoch + randomness: ids sort by creation, so the list's
-    `after` cursor is a plain comparison that still works after the cursor's session is deleted."""
-    return f"sess_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+    `after` cursor is a plain comparison that still works after the cursor's session is deleted.
+    Within one millisecond (or when the clock steps back) the randomness of the last id is
+    incremented instead, as ULID's monotonic mode does, so sessions created back to back keep
+    their order too."""
+    with _id_lock:
+        milliseconds, randomness = time.time_ns() // 1_000_000, secrets.randbits(80)
+        if milliseconds <= _last_id_parts[0]:
+            milliseconds, randomness = _last_id_parts[0], _last_id_parts[1] + 1
+            if randomness >= 1 << 80:
+                milliseconds, randomness = milliseconds + 1, 0
+        _last_id_parts[:] = [milliseconds, randomness]
+    return f"sess_{milliseconds:012x}{randomness:020x}"
 
 
 class SessionStore(Protocol):

@@ -571,6 +571,22 @@ def set_sessions_schema_version(settings: Settings, version: int) -> None:
             connection.execute("UPDATE schema_versions SET version = %s WHERE component = 'sessions'", (version,))
 
 
+def test_sessions_created_back_to_back_list_in_creation_order(storage_settings):
+    """Many land in the same millisecond; the list and its cursor still follow creation."""
+    storage = open_storage(storage_settings)
+    created = [storage.sessions.create(title=str(index)).id for index in range(200)]
+    listed, cursor = [], None
+    while True:
+        page, has_more = storage.sessions.list_sessions(limit=50, after=cursor)
+        listed += [session.id for session in page]
+        if not has_more:
+            break
+        cursor = page[-1].id
+    storage.close()
+
+    assert listed == created[::-1]
+
+
 def test_a_database_from_a_newer_schema_is_refused(storage_settings):
     open_storage(storage_settings).close()
     set_sessions_schema_version(storage_settings, 99)
