@@ -14,7 +14,7 @@ import numpy as np
 
 from converter.graph_builder import FLOAT, MICROSOFT, GraphBuilder
 from converter.model_config import DecoderConfig, LayerWeights
-from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight, stacked
+from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight, block_indicator, fold_minimums, stacked
 
 
 def _packed_levels(builder: GraphBuilder, weight: BlockQuantizedWeight, name: str) -> str:
@@ -25,6 +25,7 @@ def _packed_levels(builder: GraphBuilder, weight: BlockQuantizedWeight, name: st
 # int8 blocks (ORT's fastest CPU kernels).
 AccuracyLevels = dict[int, int]
 EXACT: AccuracyLevels = {4: 0, 8: 0}
+INT8_ACTIVATIONS = 4
 
 
 def linear(
@@ -49,6 +50,10 @@ def linear(
         stored = builder.constant(f"{weight_name}.weight_t", np.ascontiguousarray(weight.values.T))
         transposed = _as_float32(builder, stored, weight.values.dtype)
         return builder.op1("MatMul", [x, transposed], name)
+    folded = fold_minimums(weight) if weight.minimums is not None and accuracy[weight.bits] == INT8_ACTIVATIONS else None
+    if folded is not None:  # int8 activations round x anyway: the minimums go inside the matmul
+        x = _with_block_sums(builder, x, weight.in_features, weight.block_size)
+        weight, weight_name = folded, f"{weight_name}.folded"
     out_features, in_features = weight.shape
     product = builder.op1(
         "MatMulNBits",
@@ -89,6 +94,20 @@ def _block_sums(builder: GraphBuilder, x: str, block_size: int) -> str:
         blocked = builder.op1("Reshape", [x, shape], f"{x}/blocks_{block_size}")
         axes = builder.constant("last_axis", np.array([-1], dtype=np.int64))
         builder.memo[key] = builder.op1("ReduceSum", [blocked, axes], f"{x}/block_sums_{block_size}", keepdims=0)
+    return builder.memo[key]
+
+
+def _with_block_sums(builder: GraphBuilder, x: str, in_features: int, block_size: int) -> str:
+    """x followed by its block sums on the last axis: the input of a weight whose minimums are
+    folded (weights.fold_minimums). The sums come from one more MatMulNBits with 0/1 levels, so
+    each input gains two small ops (the sums and a Concat) where the separate minimums product
+    took four per matmul."""
+    key = ("with_block_sums", x, block_size)
+    if key not in builder.memo:
+        indicator = block_indicator(in_features, block_size)
+        name = f"block_indicator_{in_features}_{block_size}"
+        sums = linear(builder, x, indicator, f"{x}/block_sums_{block_size}", {indicator.bits: INT8_ACTIVATIONS}, name)
+        builder.memo[key] = builder.op1("Concat", [x, sums], f"{x}/with_block_sums_{block_size}", axis=-1)
     return builder.memo[key]
 
 

@@ -37,8 +37,8 @@ _SINGLE_FILE_LIMIT = 1_800_000_000
 
 # How quantized matmuls treat activations (MatMulNBits accuracy_level by weight bits). fp32 is
 # exact (8-bit weights run as two 4-bit halves, since ORT has no fast float kernel for them);
-# int8 lets ORT quantize activations per block, which on SmolLM2-135M Q4_1 was about 25% faster
-# and cost 2.7% perplexity.
+# int8 lets ORT quantize activations per block (and lets block minimums fold into the matmul,
+# weights.fold_minimums): faster on CPU for a small perplexity cost (docs/conversion.md).
 ACCURACY_LEVELS = {"fp32": {4: 0, 8: 0}, "int8": {4: 4, 8: 4}}
 
 

@@ -13,7 +13,7 @@ from converter import blocks
 from converter.gguf_blocks import matrix_from_gguf
 from converter.graph_builder import FLOAT, INT64, GraphBuilder
 from converter.quantization import describe
-from converter.weights import BlockQuantizedWeight, DenseWeight, NibbleSplitWeight
+from converter.weights import BlockQuantizedWeight, DenseWeight, NibbleSplitWeight, fold_minimums
 
 Q = GGMLQuantizationType
 ROWS, COLUMNS = 48, 512  # two K-quant super-blocks per row
@@ -65,12 +65,12 @@ def run_graph(builder: GraphBuilder, feeds: dict[str, np.ndarray]) -> np.ndarray
     return output
 
 
-def matmul_in_onnx_runtime(weight, x: np.ndarray) -> np.ndarray:
+def matmul_in_onnx_runtime(weight, x: np.ndarray, accuracy: blocks.AccuracyLevels = blocks.EXACT) -> np.ndarray:
     """x (batch, sequence, in_features) @ W.T through `blocks.linear` (MatMulNBits for blocks)."""
     out_features, in_features = weight.shape
     builder = GraphBuilder("probe")
     x_name = builder.input("x", FLOAT, [*x.shape[:2], in_features])
-    builder.expose(blocks.linear(builder, x_name, weight, "probe"), "y", FLOAT, [*x.shape[:2], out_features])
+    builder.expose(blocks.linear(builder, x_name, weight, "probe", accuracy), "y", FLOAT, [*x.shape[:2], out_features])
     return run_graph(builder, {"x": x})
 
 
@@ -247,3 +247,53 @@ def test_every_gemma3_matrix_is_repacked_losslessly(gemma3_gguf_path):
             mismatched.append(f"{tensor.name} ({tensor.tensor_type.name}, {type(weight).__name__})")
 
     assert mismatched == []
+
+
+MINIMUM_TYPES = [kind for kind, (*_, has_minimums) in LAYOUTS.items() if has_minimums]
+
+
+@pytest.mark.parametrize("kind", [Q.Q4_1, Q.Q5_1], ids=lambda kind: kind.name)
+def test_folded_minimums_change_only_the_remainder_left_after_integer_zero_points(kind):
+    weight = matrix_from_gguf(gguf_data(kind), kind, ROWS, COLUMNS)
+    folded = fold_minimums(weight)
+    blocks_per_row = COLUMNS // weight.block_size
+    x = np.random.default_rng(5).standard_normal((4, COLUMNS))
+    sums = x.reshape(4, blocks_per_row, weight.block_size).sum(-1)
+
+    product = np.concatenate([x, sums], axis=1) @ folded.dequantize().astype(np.float64).T
+    expected = x @ weight.dequantize().astype(np.float64).T
+
+    assert folded.minimums is None and folded.shape == (ROWS, COLUMNS + blocks_per_row)
+    # The levels and scales move over untouched: only the zero points take part of the minimums.
+    assert np.array_equal(folded.packed[:, :blocks_per_row], weight.packed)
+    assert np.array_equal(folded.scales[:, :blocks_per_row], weight.scales)
+    # What the remainders' own rounding costs: a small fraction of the product.
+    error = np.abs(product - expected).max() / np.abs(expected).max()
+    assert error < (0.01 if weight.bits == 4 else 0.0005), error
+
+
+def test_minimums_out_of_the_zero_points_reach_are_not_folded():
+    values = np.random.default_rng(3).standard_normal((ROWS, COLUMNS)).astype(np.float32)
+    values[7, 64:96] = np.abs(values[7, 64:96]) + 1  # one block whose weights are all positive
+    weight = matrix_from_gguf(quants.quantize(values, Q.Q4_1), Q.Q4_1, ROWS, COLUMNS)
+
+    others = matrix_from_gguf(quants.quantize(np.delete(values, 7, axis=0), Q.Q4_1), Q.Q4_1, ROWS - 1, COLUMNS)
+
+    assert fold_minimums(weight) is None
+    assert fold_minimums(others) is not None
+
+
+@pytest.mark.parametrize("kind", MINIMUM_TYPES, ids=lambda kind: kind.name)
+def test_int8_activations_track_the_float_product_whether_minimums_fold_or_not(kind):
+    """Q4_1 and Q5_1 fold; these random K-quant blocks hold minimums out of reach, so they keep
+    the separate minimums product."""
+    data = gguf_data(kind)
+    weight = matrix_from_gguf(data, kind, ROWS, COLUMNS)
+    x = np.random.default_rng(11).standard_normal((1, 3, COLUMNS)).astype(np.float32)
+
+    product = matmul_in_onnx_runtime(weight, x, accuracy={4: blocks.INT8_ACTIVATIONS, 8: blocks.INT8_ACTIVATIONS})
+
+    expected = x.astype(np.float64) @ quants.dequantize(data, kind).astype(np.float64).T
+    error = np.sqrt(np.mean((product - expected) ** 2) / np.mean(expected**2))
+    assert (fold_minimums(weight) is None) == (kind not in (Q.Q4_1, Q.Q5_1))
+    assert error < 0.01, error
