@@ -1,4 +1,7 @@
-"""POST /v1/chat/completions: a conversation in, `n` answers out, whole or streamed over SSE."""
+"""POST /v1/chat/completions: a conversation in, `n` answers out, whole or streamed over SSE.
+
+chat_prompt_ids, chat_generation_request and worth_remembering are the chat protocol itself;
+the WebSocket transport (routes/ws.py) calls them too, so both transports answer alike."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from service.telemetry import observe_generation
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _prompt_ids(engine: Engine, body: ChatCompletionRequest, history: SessionHistory | None = None) -> list[int]:
+def chat_prompt_ids(engine: Engine, body: ChatCompletionRequest, history: SessionHistory | None = None) -> list[int]:
     """The templated conversation; with a session's history, its remembered turns come first."""
     folder = engine.folder
     if folder.chat_template is None:
@@ -50,12 +53,12 @@ def check_guards(connection: HTTPConnection, body: ChatCompletionRequest) -> Non
     guards.check_completion(body.max_completion_tokens or body.max_tokens, param)
 
 
-def _answered(finished: list[Finished]) -> bool:
+def worth_remembering(finished: list[Finished]) -> bool:
     """Every choice ended as answers end (not cancelled): only then does a session keep the turn."""
     return all(event.finish_reason != "cancelled" for event in finished)
 
 
-def _generation_request(engine: Engine, body: ChatCompletionRequest, prompt_ids: list[int]) -> GenerationRequest:
+def chat_generation_request(engine: Engine, body: ChatCompletionRequest, prompt_ids: list[int]) -> GenerationRequest:
     if body.top_logprobs and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     budget = generation.completion_budget(engine, prompt_ids, body.max_completion_tokens or body.max_tokens, "messages")
@@ -74,8 +77,8 @@ async def create_chat_completion(request: Request) -> Response:
     entry = ready_model(request.app.state.registry, body.model)
     engine = entry.engine
     history = await session_history(request, body.session_id) if body.session_id is not None else None
-    prompt_ids = _prompt_ids(engine, body, history)
-    requests = generation.choices_of(_generation_request(engine, body, prompt_ids), body.n)
+    prompt_ids = chat_prompt_ids(engine, body, history)
+    requests = generation.choices_of(chat_generation_request(engine, body, prompt_ids), body.n)
     limits.check_admission(request, requests, "messages")
     tickets = await generation.admit(engine, requests)
     tickets = observe_generation(request, "chat", entry.model_id, tickets, len(prompt_ids), requests[0])
@@ -95,7 +98,7 @@ async def create_chat_completion(request: Request) -> Response:
 
     choices = await generation.collect(tickets)
     # A session keeps choice 0 when n > 1; the turn is stored before the client sees the answer.
-    if history is not None and _answered([choice.finished for choice in choices]):
+    if history is not None and worth_remembering([choice.finished for choice in choices]):
         await history.append_turn(engine, body.messages, "".join(choices[0].text))
     completion = {
         "id": completion_id,
@@ -157,7 +160,7 @@ async def _sse_events(
             finished.append(event)
         elif isinstance(event, Failed):
             yield sse(error_body(event.message, "server_error", code=event.code))
-    if remember is not None and len(finished) == len(tickets) and _answered(finished):
+    if remember is not None and len(finished) == len(tickets) and worth_remembering(finished):
         try:
             await remember("".join(first_answer))
         except APIError as error:

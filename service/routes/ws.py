@@ -154,8 +154,8 @@ class ChatSocket:
         entry = ready_model(self.registry, body.model)
         # The socket's handshake carries the key, so it sees the sessions that key owns.
         history = await session_history(self.websocket, body.session_id) if body.session_id is not None else None
-        prompt_ids = chat._prompt_ids(entry.engine, body, history)
-        requests = generation.choices_of(chat._generation_request(entry.engine, body, prompt_ids), body.n)
+        prompt_ids = chat.chat_prompt_ids(entry.engine, body, history)
+        requests = generation.choices_of(chat.chat_generation_request(entry.engine, body, prompt_ids), body.n)
         limits.check_admission(self.websocket, requests, "messages")
         self.requests[request_id] = asyncio.create_task(
             self.complete(request_id, entry, body, len(prompt_ids), requests, history, started_ns)
@@ -218,7 +218,7 @@ class ChatSocket:
             reasons = [finished[index].finish_reason for index in range(len(tickets))]
             usage = generation.usage(list(finished.values()), prompt_tokens)
             done = {"type": "done", "id": request_id, "finish_reasons": reasons, "usage": usage}
-            if history is not None and chat._answered(list(finished.values())):
+            if history is not None and chat.worth_remembering(list(finished.values())):
                 await self.remember(request_id, history, entry, body, "".join(first_answer), done)
             else:
                 await self.send_for(request_id, done, last=True)
