@@ -33,13 +33,15 @@ from tests.scoring import PARITY_TEXT, perplexity
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = {
-    "keep": ConversionOptions(),
-    "int8": ConversionOptions(quant="int8"),
-    "int4 (q4_1)": ConversionOptions(quant="int4"),
-    "int4 (hqq, blocks of 32)": ConversionOptions(quant="int4", algorithm="hqq"),
-    "int4 (rtn, blocks of 32)": ConversionOptions(quant="int4", algorithm="rtn"),
-    "fp16": ConversionOptions(quant="fp16"),
-    "fp32": ConversionOptions(quant="fp32"),
+    "--quant keep": ConversionOptions(),
+    "--quant keep --activations int8 (the service's default)": ConversionOptions(activations="int8"),
+    "--quant int8": ConversionOptions(quant="int8"),
+    "--quant int8 --activations int8": ConversionOptions(quant="int8", activations="int8"),
+    "--quant int4 (q4_1)": ConversionOptions(quant="int4"),
+    "--quant int4 --algorithm hqq": ConversionOptions(quant="int4", algorithm="hqq"),
+    "--quant int4 --algorithm rtn": ConversionOptions(quant="int4", algorithm="rtn"),
+    "--quant fp16": ConversionOptions(quant="fp16"),
+    "--quant fp32": ConversionOptions(quant="fp32"),
 }
 
 
@@ -88,7 +90,7 @@ def main() -> None:
         "is transformers reading the same GGUF in float32; top-1 is how often our most likely next token "
         "equals the reference's.",
         "",
-        "| model | --quant | size (MB) | convert (s) | load (s) | perplexity | reference perplexity | top-1 agreement |",
+        "| model | options | size (MB) | convert (s) | load (s) | perplexity | reference perplexity | top-1 agreement |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model_name, source in sources.items():
