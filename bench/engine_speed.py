@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
 import onnxruntime as ort
 
+from bench.peer_report import peak_rss_mib
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
 from service.generator import Generator, ModelShape
@@ -80,7 +80,7 @@ def main() -> None:
     for prompt_tokens in (32, 640):
         runs = [measure(generator, prompt_of(folder, prompt_tokens), arguments.tokens) for _ in range(arguments.repeats)]
         rows.append((prompt_tokens, min(run[0] for run in runs), max(run[1] for run in runs)))
-    peak_megabytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_megabytes = peak_rss_mib()
     folder_megabytes = sum(file.stat().st_size for file in path.iterdir()) / 1e6
 
     print(f"model {folder.model_id} ({path.name}), onnxruntime {ort.__version__}, {session.get_providers()[0]}")

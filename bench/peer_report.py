@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 from collections.abc import Callable
+from pathlib import Path
 
 
 def peer_arguments(description: str) -> argparse.Namespace:
@@ -46,6 +46,16 @@ def measure_prompts(
     return prompts
 
 
+def peak_rss_mib() -> float:
+    """This process's resident high-water mark (VmHWM). Not ru_maxrss: Linux carries that across
+    exec, so a child forked from a big parent (the benchmark, after converting a model) reports
+    the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def print_result(engine: str, version: str, threads: int, load_seconds: float, prompts: list[dict], **extra) -> None:
     print(json.dumps({
         "engine": engine,
@@ -53,6 +63,6 @@ def print_result(engine: str, version: str, threads: int, load_seconds: float, p
         **extra,
         "threads": threads,
         "load_s": load_seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "prompts": prompts,
     }))

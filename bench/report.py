@@ -206,7 +206,7 @@ def render(results: dict) -> str:
         "ignored). Decode tok/s is the rate after the first token with the short prompt; time to first "
         "token covers prefill and the first sampled token. Each figure is the best of "
         f"{results['repeats']} runs after a warm-up, in each of {results.get('rounds', 1)} rounds (every engine "
-        "once per round, in turn). Peak RSS is the process's high-water mark (ru_maxrss), the highest of the rounds.",
+        "once per round, in turn). Peak RSS is the process's high-water mark (VmHWM), the highest of the rounds.",
         "- Prompts: the same filler text as `bench/engine_speed.py`, repeated and cut to 32 and 640 tokens. All "
         "three tokenizers read the same GGUF vocabulary, so the prompts are the same token ids.",
         "- This engine: `bench/peer_engine.py`, which reuses `bench/engine_speed.py`'s measurement on the "
