@@ -123,21 +123,29 @@ def fold_minimums(weight: BlockQuantizedWeight) -> BlockQuantizedWeight | None:
         zero_points=np.concatenate([(zero_points + shift).astype(np.uint8), extra_zero_points], axis=1),
         bits=weight.bits,
         block_size=size,
-        in_features=weight.in_features + blocks,
+        in_features=weight.in_features + block_sum_features(weight.in_features, size),
         source_type=weight.source_type,
     )
 
 
+def block_sum_features(in_features: int, block_size: int) -> int:
+    """How many block sums a folded weight reads: one per block, then zero sums up to a multiple
+    of 8, since ORT's CUDA MatMulNBits takes its fast path only when K is one."""
+    return -(-(in_features // block_size) // 8) * 8
+
+
 def block_indicator(in_features: int, block_size: int) -> BlockQuantizedWeight:
-    """A 4-bit weight whose row b is 1 over block b of the input and 0 elsewhere: x @ it.T sums
-    x block by block, the extra input that fold_minimums' weights expect."""
+    """A 4-bit weight whose row b is 1 over block b of the input and 0 elsewhere (rows past the
+    last block are all 0): x @ it.T sums x block by block, the extra input that fold_minimums'
+    weights expect."""
     blocks = in_features // block_size
-    levels = np.zeros((blocks, blocks, block_size), dtype=np.uint8)
+    rows = block_sum_features(in_features, block_size)
+    levels = np.zeros((rows, blocks, block_size), dtype=np.uint8)
     levels[np.arange(blocks), np.arange(blocks)] = 1
     return BlockQuantizedWeight(
         packed=levels[..., 0::2] | (levels[..., 1::2] << 4),
-        scales=np.ones((blocks, blocks), dtype=np.float32),
-        zero_points=np.zeros((blocks, blocks), dtype=np.uint8),
+        scales=np.ones((rows, blocks), dtype=np.float32),
+        zero_points=np.zeros((rows, blocks), dtype=np.uint8),
         bits=4,
         block_size=block_size,
         in_features=in_features,

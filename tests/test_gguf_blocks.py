@@ -13,7 +13,7 @@ from converter import blocks
 from converter.gguf_blocks import matrix_from_gguf
 from converter.graph_builder import FLOAT, INT64, GraphBuilder
 from converter.quantization import describe
-from converter.weights import BlockQuantizedWeight, DenseWeight, NibbleSplitWeight, fold_minimums
+from converter.weights import BlockQuantizedWeight, DenseWeight, NibbleSplitWeight, block_sum_features, fold_minimums
 
 Q = GGMLQuantizationType
 ROWS, COLUMNS = 48, 512  # two K-quant super-blocks per row
@@ -259,11 +259,12 @@ def test_folded_minimums_change_only_the_remainder_left_after_integer_zero_point
     blocks_per_row = COLUMNS // weight.block_size
     x = np.random.default_rng(5).standard_normal((4, COLUMNS))
     sums = x.reshape(4, blocks_per_row, weight.block_size).sum(-1)
+    padding = np.zeros((4, folded.shape[1] - COLUMNS - blocks_per_row))
 
-    product = np.concatenate([x, sums], axis=1) @ folded.dequantize().astype(np.float64).T
+    product = np.concatenate([x, sums, padding], axis=1) @ folded.dequantize().astype(np.float64).T
     expected = x @ weight.dequantize().astype(np.float64).T
 
-    assert folded.minimums is None and folded.shape == (ROWS, COLUMNS + blocks_per_row)
+    assert folded.minimums is None and folded.shape == (ROWS, COLUMNS + block_sum_features(COLUMNS, weight.block_size))
     # The levels and scales move over untouched: only the zero points take part of the minimums.
     assert np.array_equal(folded.packed[:, :blocks_per_row], weight.packed)
     assert np.array_equal(folded.scales[:, :blocks_per_row], weight.scales)
@@ -297,3 +298,17 @@ def test_int8_activations_track_the_float_product_whether_minimums_fold_or_not(k
     error = np.sqrt(np.mean((product - expected) ** 2) / np.mean(expected**2))
     assert (fold_minimums(weight) is None) == (kind not in (Q.Q4_1, Q.Q5_1))
     assert error < 0.01, error
+
+
+def test_a_row_of_18_blocks_reads_24_block_sums_and_still_tracks_the_float_product():
+    """SmolLM2's hidden size: 576 inputs, 18 blocks; the sums are padded with zeros to 24 so
+    that K stays a multiple of 8 (what ORT's CUDA kernel needs for its fast path)."""
+    data = gguf_data(Q.Q4_1, columns=576)
+    weight = matrix_from_gguf(data, Q.Q4_1, ROWS, 576)
+    x = np.random.default_rng(13).standard_normal((1, 2, 576)).astype(np.float32)
+
+    product = matmul_in_onnx_runtime(weight, x, accuracy={4: blocks.INT8_ACTIVATIONS, 8: blocks.INT8_ACTIVATIONS})
+
+    expected = x.astype(np.float64) @ quants.dequantize(data, Q.Q4_1).astype(np.float64).T
+    assert fold_minimums(weight).shape == (ROWS, 576 + 24)
+    assert np.sqrt(np.mean((product - expected) ** 2) / np.mean(expected**2)) < 0.01
