@@ -212,7 +212,7 @@ def render(results: dict) -> str:
         "- This engine: `bench/peer_engine.py`, which reuses `bench/engine_speed.py`'s measurement on the "
         "folder the service converts by default: the GGUF's own Q4_1 blocks re-packed without loss, with "
         "ONNX Runtime quantizing activations to int8 per block of 32, as llama.cpp quantizes them for its own "
-        "dot products (0.2% higher perplexity than float32 activations on SmolLM2, 0.5% on Gemma 3, docs/conversion.md). The targets use "
+        "dot products (perplexity within 0.2% of float32 activations' on SmolLM2, 0.5% above it on Gemma 3, docs/conversion.md). The targets use "
         "this row and this service as it runs by default. The `--activations fp32` row keeps activations in "
         "float32 and reproduces transformers' logits; ONNX Runtime has no fast batched kernel for it.",
         "- llama.cpp: llama-cpp-python built from its sdist as a CPU wheel with `-DGGML_NATIVE=ON` (tuned for this "

@@ -44,6 +44,18 @@ def test_int8_activations_stay_within_a_few_percent_perplexity(smollm2_gguf, ref
     assert abs(perplexity(ours, ids) / perplexity(reference, ids) - 1) < 0.05
 
 
+def test_int8_activations_fold_every_q4_1_minimum_into_its_matmul(smollm2_gguf, tmp_path):
+    """The speed of the default folder rests on this: no float minimums product is left."""
+    folder = convert(smollm2_gguf, tmp_path / "int8", ConversionOptions(activations="int8"))
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    matmuls = [node for node in graph.node if node.op_type == "MatMulNBits"]
+
+    assert [node.name for node in graph.node if node.op_type in ("MatMul", "ReduceSum")] == []
+    # 30 layers x 4 matmuls, the head, and one block-sum product per distinct input.
+    assert len([node for node in matmuls if "/block_sums_" not in node.name]) == 30 * 4 + 1
+    assert len([node for node in matmuls if "/block_sums_" in node.name]) == 30 * 4
+
+
 @pytest.fixture(scope="module")
 def reference_perplexity(smollm2_gguf, reference_model, smollm2_model_dir):
     ids = ModelFolder.load(smollm2_model_dir).encode(PARITY_TEXT)
