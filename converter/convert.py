@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 
 from converter import CONVERTER_VERSION, optimum_backend
+from converter.blocks import INT8_ACTIVATIONS
 from converter.decoder_graph import build_decoder
 from converter.errors import ConversionError
 from converter.gguf_source import GGUF_MAGIC, read_gguf
@@ -201,7 +202,7 @@ def _build_native(model: SourceModel, options: ConversionOptions, progress: Prog
     progress.stage(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
     accuracy = ACCURACY_LEVELS[options.activations]
     graph = build_decoder(model.config, weights, accuracy, progress)
-    table = quantization_table(weights)
+    table = quantization_table(weights, fold=accuracy[4] == INT8_ACTIVATIONS)
     if onnx_int4:
         algorithm = options.int4_algorithm
         progress.stage(f"quantizing the layers to int4 ({algorithm}, blocks of {options.block_size})")

@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType
 
 from converter.gguf_blocks import BLOCK_SIZE, quantize_dense
 from converter.model_config import DecoderWeights
-from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight
+from converter.weights import BlockQuantizedWeight, DenseWeight, LinearWeight, NibbleSplitWeight, minimums_fold
 
 QUANT_MODES = ("keep", "fp32", "fp16", "int8", "int4")
 OWN_INT4 = "q4_1"  # the converter's own int4: gguf-py's Q4_1 blocks, re-packed
@@ -84,14 +84,21 @@ def split_8bit_weights(weights: DecoderWeights) -> DecoderWeights:
     )
 
 
-def describe(weight: LinearWeight) -> dict:
-    """What a tensor became, for the manifest: bits, block size, zero points, minimums, split."""
+def describe(weight: LinearWeight, fold: bool = False) -> dict:
+    """What a tensor became, for the manifest: bits, block size, zero points, minimums, split.
+    `fold`: activations are int8, so block minimums fold into the matmul where they can."""
     if isinstance(weight, NibbleSplitWeight):
         zero_points = 16 * weight.high.zero_points + weight.low.zero_points  # the 8-bit ones, as split
         stored = _describe_blocks(8, weight.low.block_size, zero_points, weight.low.minimums)
         return {"source": weight.source_type, "stored": f"{stored}, as two exact int4 halves"}
     if isinstance(weight, BlockQuantizedWeight):
-        stored = _describe_blocks(weight.bits, weight.block_size, weight.zero_points, weight.minimums)
+        if fold and minimums_fold(weight):
+            stored = (
+                f"int{weight.bits} blocks of {weight.block_size}, uint8 zero points per block, block minimums folded "
+                f"in (integer zero points plus int{weight.bits} remainder columns over the input's block sums)"
+            )
+        else:
+            stored = _describe_blocks(weight.bits, weight.block_size, weight.zero_points, weight.minimums)
         return {"source": weight.source_type, "stored": stored}
     if weight.values.dtype == np.float16:
         return {"source": weight.source_type, "stored": "float16, widened to float32 in the graph"}
@@ -105,12 +112,14 @@ def _describe_blocks(bits: int, block_size: int, zero_points: np.ndarray, minimu
     return f"int{bits} blocks of {block_size}, {zero_point}{offsets}"
 
 
-def quantization_table(weights: DecoderWeights) -> dict[str, dict]:
+def quantization_table(weights: DecoderWeights, fold: bool = False) -> dict[str, dict]:
+    """The manifest's entry per tensor. The embedding table is read by a gather, which keeps its
+    minimums as they are; the head and layer matrices fold theirs when `fold` (int8 activations)."""
     table = {"model.embed_tokens": describe(weights.embed_tokens)}
     for index, layer in enumerate(weights.layers):
         for name in _LINEAR_NAMES:
-            table[f"model.layers.{index}.{_group(name)}.{name}"] = describe(getattr(layer, name))
-    table["lm_head"] = {"tied_to": "model.embed_tokens"} if weights.lm_head is None else describe(weights.lm_head)
+            table[f"model.layers.{index}.{_group(name)}.{name}"] = describe(getattr(layer, name), fold)
+    table["lm_head"] = {"tied_to": "model.embed_tokens"} if weights.lm_head is None else describe(weights.lm_head, fold)
     return table
 
 

@@ -79,6 +79,29 @@ class BlockQuantizedWeight:
         return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1)
 
 
+def _minimum_split(weight: BlockQuantizedWeight) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each block minimum as an integer zero-point shift and a float remainder (see
+    fold_minimums), or None when the weight has no minimums or one is out of the shifts' reach."""
+    if weight.minimums is None:
+        return None
+    top = (1 << weight.bits) - 1
+    scales = weight.scales.astype(np.float32)
+    minimums = weight.minimums.astype(np.float32)
+    zero_points = weight.zero_points.astype(np.int32)
+    safe = np.where(scales != 0, scales, 1.0)
+    shift = np.where(scales != 0, np.rint(-minimums / safe), 0.0)
+    shift = np.clip(shift, -zero_points, top - zero_points).astype(np.int32)
+    remainders = minimums + shift * scales
+    if np.any(np.abs(remainders) > np.abs(scales) * 0.5 * (1 + 1e-6)):
+        return None
+    return shift, remainders
+
+
+def minimums_fold(weight: BlockQuantizedWeight) -> bool:
+    """Whether fold_minimums takes this weight (what the manifest reports for int8 activations)."""
+    return _minimum_split(weight) is not None
+
+
 def fold_minimums(weight: BlockQuantizedWeight) -> BlockQuantizedWeight | None:
     """The block minimums moved inside one MatMulNBits whose input is x followed by x's block
     sums, for int8 activations (decode steps on SmolLM2 Q4_1 took 7.4 instead of 8.7 ms: fewer
@@ -95,19 +118,15 @@ def fold_minimums(weight: BlockQuantizedWeight) -> BlockQuantizedWeight | None:
     whose weights all share one sign, or a zero scale beside a minimum): a few large remainders
     would coarsen the rounding of all the others, so such weights keep the separate product.
     """
+    split = _minimum_split(weight)
+    if split is None:
+        return None
+    shift, remainders = split
     top = (1 << weight.bits) - 1
     rows, blocks = weight.scales.shape
     size = weight.block_size
     scales = weight.scales.astype(np.float32)
-    minimums = weight.minimums.astype(np.float32)
-    zero_points = weight.zero_points.astype(np.int32)
-    safe = np.where(scales != 0, scales, 1.0)
-    shift = np.where(scales != 0, np.rint(-minimums / safe), 0.0)
-    shift = np.clip(shift, -zero_points, top - zero_points).astype(np.int32)
-    remainders = np.zeros((rows, -(-blocks // size) * size), dtype=np.float32)
-    remainders[:, :blocks] = minimums + shift * scales
-    if np.any(np.abs(remainders[:, :blocks]) > np.abs(scales) * 0.5 * (1 + 1e-6)):
-        return None
+    remainders = np.pad(remainders, ((0, 0), (0, -(-blocks // size) * size - blocks)))
     extra = remainders.reshape(rows, -1, size)
     low = np.minimum(extra.min(axis=-1), 0.0)
     high = np.maximum(extra.max(axis=-1), 0.0)
@@ -120,7 +139,7 @@ def fold_minimums(weight: BlockQuantizedWeight) -> BlockQuantizedWeight | None:
     return BlockQuantizedWeight(
         packed=np.concatenate([weight.packed, extra_levels], axis=1),
         scales=np.concatenate([scales, extra_scales], axis=1),
-        zero_points=np.concatenate([(zero_points + shift).astype(np.uint8), extra_zero_points], axis=1),
+        zero_points=np.concatenate([(weight.zero_points + shift).astype(np.uint8), extra_zero_points], axis=1),
         bits=weight.bits,
         block_size=size,
         in_features=weight.in_features + block_sum_features(weight.in_features, size),

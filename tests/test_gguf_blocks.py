@@ -312,3 +312,15 @@ def test_a_row_of_18_blocks_reads_24_block_sums_and_still_tracks_the_float_produ
     expected = x.astype(np.float64) @ quants.dequantize(data, Q.Q4_1).astype(np.float64).T
     assert fold_minimums(weight).shape == (ROWS, 576 + 24)
     assert np.sqrt(np.mean((product - expected) ** 2) / np.mean(expected**2)) < 0.01
+
+
+def test_manifest_says_when_block_minimums_are_folded():
+    weight = matrix_from_gguf(gguf_data(Q.Q4_1), Q.Q4_1, ROWS, COLUMNS)
+    out_of_reach = matrix_from_gguf(gguf_data(Q.Q4_K), Q.Q4_K, ROWS, COLUMNS)
+
+    assert describe(weight, fold=True)["stored"] == (
+        "int4 blocks of 32, uint8 zero points per block, block minimums folded in "
+        "(integer zero points plus int4 remainder columns over the input's block sums)"
+    )
+    assert describe(weight)["stored"] == "int4 blocks of 32, zero point 0, float block minimums"
+    assert describe(out_of_reach, fold=True)["stored"] == "int4 blocks of 32, zero point 0, float block minimums"
