@@ -67,6 +67,18 @@ class BatchRunner:
         self.session.run_with_iobinding(binding)
         return logits[0] if all_positions else logits[0, 0]
 
+    @property
+    def can_move_slots(self) -> bool:
+        return self.cache.can_copy
+
+    def copy_slot(self, source_slot: int, target_slot: int, length: int) -> None:
+        """Copies the first `length` cached positions of one slot into another."""
+        self.cache.copy_prefix(source_slot, target_slot, length)
+
+    def swap_slots(self, first_slot: int, first_length: int, second_slot: int, second_length: int) -> None:
+        """Exchanges the cached positions of two slots (see SlotCache.swap_prefixes)."""
+        self.cache.swap_prefixes(first_slot, first_length, second_slot, second_length)
+
     def decode(self, token_ids: list[int], positions: list[int]) -> np.ndarray:
         """Row r appends token_ids[r] at positions[r] of slot r; returns logits (rows, vocab), a
         view of a reused buffer."""
@@ -90,6 +102,7 @@ class SerialRunner:
     """One slot over a DynamicCacheGenerator: its past cannot be cut back, so no prefix reuse."""
 
     supports_prefix_reuse = False
+    can_move_slots = False
     slots = 1
 
     def __init__(self, loop: DynamicCacheGenerator) -> None:

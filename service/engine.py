@@ -4,7 +4,10 @@ The worker repeats one step: admit waiting requests into free sequence slots (re
 prefix when an idle slot holds one), run one prompt chunk for one new sequence, then one decode
 step for every sequence that is generating. New requests therefore join the running batch at
 step boundaries, a long prompt delays running streams by one chunk at most, and a cancelled
-request leaves its slot at the next step. ONNX Runtime releases the GIL while it computes, so
+request leaves its slot at the next step. A decode step runs one row for every slot up to the
+highest busy one, so sequences live in the lowest slots: a new one takes the lowest free slot (its
+reusable prefix, or the evicted cache's neighbour, moved there first), and a sequence above a slot
+that frees up moves down. Moves exchange cache contents, so no cached prefix is lost by them. ONNX Runtime releases the GIL while it computes, so
 the event loop keeps serving clients meanwhile.
 
 Requests wait in a bounded queue: a full queue refuses new ones at once (EngineBusy), and one
@@ -129,6 +132,7 @@ class Engine:
         self.prefix_hits = 0
         self.prefix_hit_tokens = 0
         self.batch_sizes: Counter[int] = Counter()  # decode steps by sequences decoded, for /metrics
+        self.idle_rows = 0  # rows decode steps ran for slots with nothing to decode, for /metrics
         self._worker = threading.Thread(target=self._work, name=f"engine:{folder.model_id}", daemon=True)
         self._worker.start()
 
@@ -238,9 +242,44 @@ class Engine:
             )
 
     def _choose_slot(self, free: list[int], request: GenerationRequest) -> tuple[int, int]:
-        """The idle slot whose cache shares the longest prefix with the prompt (and how many
-        tokens of it to reuse), else the least recently used one."""
+        """The free slot a new sequence takes, and how many of its prompt tokens are cached there.
+
+        The longest cached prefix among the idle slots is reused. Where slots can move, the
+        sequence always takes the lowest free slot (adding no decode row): the reused prefix is
+        copied there, and that slot's own cache moves into the slot given up, which is the one
+        whose cache the new sequence extends whole, else the least recently used other one. So a
+        prompt that shares only its system prompt with a cached conversation copies those tokens
+        and leaves the conversation cached for its next turn.
+        """
         self.prefix_queries += 1
+        hit, reused = self._longest_cached_prefix(free, request)
+        if hit is not None:
+            self.prefix_hits += 1
+            self.prefix_hit_tokens += reused
+
+        def least_recently_used(indices: list[int]) -> int:
+            return min(indices, key=lambda index: (self._slots[index].last_used, index))
+
+        if not self.runner.can_move_slots:
+            return (hit, reused) if hit is not None else (least_recently_used(free), 0)
+        lowest = free[0]
+        extended_whole = hit is not None and reused == len(self._slots[hit].tokens)
+        others = [index for index in free if index != hit]
+        given_up = hit if extended_whole or not others else least_recently_used(others)
+        if given_up != lowest and given_up == hit:
+            self._exchange(hit, reused, lowest, len(self._slots[lowest].tokens))
+            return lowest, reused
+        if given_up != lowest:
+            self.runner.copy_slot(lowest, given_up, len(self._slots[lowest].tokens))
+            self._slots[given_up].tokens = self._slots[lowest].tokens
+            self._slots[given_up].last_used = self._slots[lowest].last_used
+        if hit is not None and hit != lowest:
+            self.runner.copy_slot(hit, lowest, reused)
+        self._slots[lowest].tokens = request.prompt_ids[:reused]
+        return lowest, reused
+
+    def _longest_cached_prefix(self, free: list[int], request: GenerationRequest) -> tuple[int | None, int]:
+        """The idle slot whose cache shares the longest prefix with the prompt, and its length."""
         best, best_length = None, 0
         if self.runner.supports_prefix_reuse and request.prompt_logprobs is None:
             prompt = request.prompt_ids
@@ -252,11 +291,29 @@ class Engine:
                     length += 1
                 if length > best_length:
                     best, best_length = index, length
-        if best is not None:
-            self.prefix_hits += 1
-            self.prefix_hit_tokens += best_length
-            return best, best_length
-        return min(free, key=lambda index: (self._slots[index].last_used, index)), 0
+        return best, best_length
+
+    def _exchange(self, first: int, first_length: int, second: int, second_length: int) -> None:
+        """Swaps two slots: the first `*_length` cached positions of each, and what they hold."""
+        self.runner.swap_slots(first, first_length, second, second_length)
+        self._slots[first], self._slots[second] = self._slots[second], self._slots[first]
+        for index, length in ((first, second_length), (second, first_length)):
+            slot = self._slots[index]
+            slot.tokens = slot.tokens[:length]
+            if slot.sequence is not None:
+                slot.sequence.slot = index
+
+    def _compact(self) -> None:
+        """Moves sequences from the highest busy slots into free slots below them, so a decode
+        step runs no more rows than there are sequences."""
+        if not self.runner.can_move_slots:
+            return
+        while True:
+            busy = [index for index, slot in enumerate(self._slots) if slot.sequence is not None]
+            free = [index for index, slot in enumerate(self._slots) if slot.sequence is None]
+            if not busy or not free or free[0] > busy[-1]:
+                return
+            self._exchange(busy[-1], self._slots[busy[-1]].sequence.cached, free[0], len(self._slots[free[0]].tokens))
 
     def _release(self, slot: _Slot, keep_cache: bool = True) -> None:
         sequence = slot.sequence
@@ -270,6 +327,7 @@ class Engine:
             if sequence is not None and sequence.cancelled.is_set() and sequence.state != DONE:
                 sequence.finish("cancelled")
                 self._release(slot)
+        self._compact()
         active = [slot.sequence for slot in self._slots if slot.sequence is not None]
         decoding = [sequence for sequence in active if sequence.state == DECODING]
         prefilling = [sequence for sequence in active if sequence.state == PREFILLING]
@@ -320,6 +378,7 @@ class Engine:
                 positions.append(held)
         logits = self.runner.decode(tokens, positions)
         self.batch_sizes[len(decoding)] += 1
+        self.idle_rows += rows - len(decoding)
         for sequence in decoding:
             sequence.cached += 1
             if sequence.take(logits[sequence.slot], self.capacity):

@@ -57,6 +57,17 @@ class SlotCache:
         for array in self._arrays.values():
             array[target_slot, :, :length] = array[source_slot, :, :length]
 
+    def swap_prefixes(self, first_slot: int, first_length: int, second_slot: int, second_length: int) -> None:
+        """Exchanges the first `first_length` cached positions of one slot with the first
+        `second_length` of another (CPU only): the engine moves sequences into low slots so a
+        decode step binds as few rows as possible."""
+        if self.device != "cpu":
+            raise NotImplementedError("moving cache prefixes is implemented for CPU buffers")
+        for array in self._arrays.values():
+            kept = array[first_slot, :, :first_length].copy()
+            array[first_slot, :, :second_length] = array[second_slot, :, :second_length]
+            array[second_slot, :, :first_length] = kept
+
     @property
     def can_copy(self) -> bool:
         return self.device == "cpu"

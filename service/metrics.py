@@ -101,6 +101,11 @@ class EngineCollector(Collector):
             "llm_prefix_cache_hit_tokens", "Prompt tokens reused from cached prefixes.", labels=["model"]
         )
         batch = HistogramMetricFamily("llm_batch_size", "Sequences per decode step.", labels=["model"])
+        idle_rows = CounterMetricFamily(
+            "llm_decode_idle_rows",
+            "Rows decode steps ran for slots with no token to add (a slot below a decoding one still prefilling).",
+            labels=["model"],
+        )
         status = GaugeMetricFamily("llm_model_status", "1 for the status the model is in, 0 for the others.", labels=["model", "status"])
         load = GaugeMetricFamily("llm_model_load_seconds", "Seconds from registration to ready (conversion included).", labels=["model"])
         for entry in self.model_registry.entries():
@@ -117,7 +122,8 @@ class EngineCollector(Collector):
             hits.add_metric([entry.model_id], engine.prefix_hits)
             hit_tokens.add_metric([entry.model_id], engine.prefix_hit_tokens)
             batch.add_metric([entry.model_id], *_histogram(dict(engine.batch_sizes)))
-        yield from (running, waiting, queries, hits, hit_tokens, batch, status, load)
+            idle_rows.add_metric([entry.model_id], engine.idle_rows)
+        yield from (running, waiting, queries, hits, hit_tokens, batch, idle_rows, status, load)
 
 
 def _histogram(counts: dict[int, int]) -> tuple[list[tuple[str, float]], float]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from service.engine import Admitted, Engine, EngineBusy, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
 from service.generator import Generator, ModelShape
+from service.kv_cache import SlotCache
 from service.model_folder import ModelFolder
 from service.runtime import choose_placement, create_session
 from service.sampler import Sampler, SamplingParams
@@ -49,10 +51,11 @@ async def run(engine: Engine, request: GenerationRequest) -> tuple[list[int], li
     return tokens, events
 
 
-def one_at_a_time(folder: ModelFolder, prompt: list[int], max_new_tokens: int) -> list[int]:
+def one_at_a_time(folder: ModelFolder, prompt: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
     session = create_session(folder.path / "model.onnx", choose_placement("cpu"), threads=2)
     generator = Generator(session, ModelShape.from_config(folder.config), capacity=1024)
-    return list(generator.generate(prompt, max_new_tokens, Sampler(GREEDY), folder.stop_token_ids))
+    stop_ids = set() if ignore_eos else folder.stop_token_ids
+    return list(generator.generate(prompt, max_new_tokens, Sampler(GREEDY), stop_ids))
 
 
 def test_batched_answers_equal_one_at_a_time_answers(folder):
@@ -171,3 +174,58 @@ def test_a_cancelled_request_gives_its_slot_to_the_next_one(folder):
         engine.close()
 
     assert len(tokens) == 3 and isinstance(events[-1], Finished) and engine.running == 0
+
+
+def test_requests_one_after_another_decode_one_row_and_keep_every_cached_prefix(folder):
+    # Each new request takes the lowest slot; the cache it displaces moves to the slot being
+    # evicted, so a lone stream never pays for rows of idle slots and no prefix is lost.
+    engine = make_engine(folder, slots=3)
+    first_prompt = chat_prompt(folder, QUESTIONS[0])
+    try:
+        answer, _ = asyncio.run(run(engine, GenerationRequest(first_prompt, 12, GREEDY)))
+        for question in QUESTIONS[1:3]:
+            asyncio.run(run(engine, GenerationRequest(chat_prompt(folder, question), 12, GREEDY)))
+        follow_up = chat_prompt(folder, QUESTIONS[0], folder.tokenizer.decode(answer), "And of Italy?")
+        tokens, events = asyncio.run(run(engine, GenerationRequest(follow_up, 12, GREEDY)))
+    finally:
+        engine.close()
+
+    admitted = next(event for event in events if isinstance(event, Admitted))
+    assert admitted.reused_tokens >= len(first_prompt)
+    assert tokens == one_at_a_time(folder, follow_up, 12)  # the moved keys and values are intact
+    assert engine.idle_rows == 0
+
+
+def test_a_sequence_above_a_finished_one_moves_down_and_keeps_its_answer(folder):
+    engine = make_engine(folder, slots=2)
+    short = GenerationRequest(chat_prompt(folder, QUESTIONS[1]), 3, GREEDY, ignore_eos=True)
+    long = GenerationRequest(chat_prompt(folder, QUESTIONS[2]), 40, GREEDY, ignore_eos=True)
+
+    async def both():
+        return await asyncio.gather(run(engine, short), run(engine, long))
+
+    try:
+        (_, _), (tokens, _) = asyncio.run(both())
+    finally:
+        engine.close()
+
+    assert tokens == one_at_a_time(folder, long.prompt_ids, 40, ignore_eos=True)
+    assert engine.batch_sizes[2] >= 1 and engine.idle_rows == 0  # decoded alone in the lowest slot
+
+
+def test_swapping_slot_prefixes_exchanges_exactly_the_given_positions():
+    cache = SlotCache(layers=2, kv_heads=2, head_dim=4, capacity=8, slots=3)
+    for (layer, kind), array in cache._arrays.items():
+        for slot in range(3):
+            array[slot] = 100 * slot + 10 * layer + (kind == "value")
+    before = {key: array.copy() for key, array in cache._arrays.items()}
+
+    cache.swap_prefixes(2, 5, 0, 3)
+
+    for key, array in cache._arrays.items():
+        old = before[key]
+        np.testing.assert_array_equal(array[0, :, :5], old[2, :, :5])
+        np.testing.assert_array_equal(array[0, :, 5:], old[0, :, 5:])
+        np.testing.assert_array_equal(array[2, :, :3], old[0, :, :3])
+        np.testing.assert_array_equal(array[2, :, 3:], old[2, :, 3:])
+        np.testing.assert_array_equal(array[1], old[1])

@@ -97,6 +97,7 @@ def test_model_status_and_batch_size_are_exposed(api_server):
     assert value(samples, "llm_model_status", model="tiny", status="loading") == 0
     assert value(samples, "llm_model_load_seconds", model="tiny") > 0
     assert value(samples, "llm_batch_size_count", model="tiny") >= 1
+    assert ("llm_decode_idle_rows_total", frozenset({("model", "tiny")})) in samples
 
 
 def logged_requests(server: ServiceProcess, request_id: str, timeout: float = 10) -> list[dict]:
