@@ -77,6 +77,7 @@ class EngineLimits:
 @dataclass
 class _Slot:
     tokens: list[int]  # what its cache holds, for prefix reuse once it is idle
+    prompt_length: int = 0  # of those, how many were the prompt (the rest were generated)
     last_used: float = 0.0
     sequence: Sequence | None = None
 
@@ -246,10 +247,11 @@ class Engine:
 
         The longest cached prefix among the idle slots is reused. Where slots can move, the
         sequence always takes the lowest free slot (adding no decode row): the reused prefix is
-        copied there, and that slot's own cache moves into the slot given up, which is the one
-        whose cache the new sequence extends whole, else the least recently used other one. So a
-        prompt that shares only its system prompt with a cached conversation copies those tokens
-        and leaves the conversation cached for its next turn.
+        copied there, and that slot's own cache moves into the slot given up. The slot given up
+        is the reused one when the new prompt runs through that cache's prompt (a follow-up
+        turn, or the same prompt again: only an answer is lost), else the least recently used
+        other one. So a prompt that shares only a system prompt with a cached conversation
+        copies those tokens and leaves the conversation cached for its next turn.
         """
         self.prefix_queries += 1
         hit, reused = self._longest_cached_prefix(free, request)
@@ -263,15 +265,16 @@ class Engine:
         if not self.runner.can_move_slots:
             return (hit, reused) if hit is not None else (least_recently_used(free), 0)
         lowest = free[0]
-        extended_whole = hit is not None and reused == len(self._slots[hit].tokens)
+        continues = hit is not None and reused >= self._slots[hit].prompt_length - 1
         others = [index for index in free if index != hit]
-        given_up = hit if extended_whole or not others else least_recently_used(others)
+        given_up = hit if continues or not others else least_recently_used(others)
         if given_up != lowest and given_up == hit:
             self._exchange(hit, reused, lowest, len(self._slots[lowest].tokens))
             return lowest, reused
         if given_up != lowest:
             self.runner.copy_slot(lowest, given_up, len(self._slots[lowest].tokens))
             self._slots[given_up].tokens = self._slots[lowest].tokens
+            self._slots[given_up].prompt_length = self._slots[lowest].prompt_length
             self._slots[given_up].last_used = self._slots[lowest].last_used
         if hit is not None and hit != lowest:
             self.runner.copy_slot(hit, lowest, reused)
@@ -300,6 +303,7 @@ class Engine:
         for index, length in ((first, second_length), (second, first_length)):
             slot = self._slots[index]
             slot.tokens = slot.tokens[:length]
+            slot.prompt_length = min(slot.prompt_length, length)
             if slot.sequence is not None:
                 slot.sequence.slot = index
 
@@ -318,6 +322,7 @@ class Engine:
     def _release(self, slot: _Slot, keep_cache: bool = True) -> None:
         sequence = slot.sequence
         slot.tokens = sequence.cached_tokens() if keep_cache and sequence is not None else []
+        slot.prompt_length = min(len(sequence.request.prompt_ids), len(slot.tokens)) if sequence is not None else 0
         slot.last_used = time.perf_counter()
         slot.sequence = None
 
