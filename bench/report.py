@@ -225,7 +225,8 @@ def render(results: dict) -> str:
         "(int4 round-to-nearest, block 32, default accuracy level); `bench/peer_genai.py` measures it.",
         "- HTTP: `bench/http_load.py` starts N streaming chat completions at once (`max_tokens` "
         f"{results['new_tokens']}, `ignore_eos`, temperature 0) and counts tokens from the usage chunk; each "
-        "level runs twice after a warm-up request and the faster complete attempt counts. The client is a bare "
+        f"level runs {results.get('http_attempts', 2)} times after a warm-up request (as many runs as each single-stream "
+        "figure is the best of) and the fastest complete attempt counts. The client is a bare "
         "HTTP/1.1 reader of chunked SSE lines, since it shares the 2 cores with the server it measures and httpx "
         "spent about 1 ms of CPU per streamed chunk there. "
         "llama-server is built with cmake from the same vendored llama.cpp (`-DGGML_NATIVE=ON`, static) and run "

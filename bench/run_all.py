@@ -99,12 +99,12 @@ def measure_single(
     }
 
 
-def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], new_tokens: int) -> dict:
+def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], new_tokens: int, attempts: int) -> dict:
     """Load one server at each level; a server that will not start is a result, not a crash."""
     load_before = load_average()
     try:
         with server:
-            results = asyncio.run(run_levels(server.base_url, levels, "chat", new_tokens, timeout_per_level=300))
+            results = asyncio.run(run_levels(server.base_url, levels, "chat", new_tokens, 300, attempts))
             peak = server.peak_rss_mib()
     except (peers.PeerError, OSError) as error:
         print(f"{server.name}: {error}", flush=True)
@@ -151,16 +151,18 @@ def main() -> None:
         "new_tokens": arguments.new_tokens,
         "repeats": arguments.repeats,
         "rounds": arguments.rounds,
+        # As many runs per HTTP level as single-stream runs per engine, so the best of each compares.
+        "http_attempts": arguments.repeats * arguments.rounds,
     }
     results["single"] = measure_single(
         gguf, {OURS: folder, OURS_EXACT: exact_folder}, (32, 640), arguments.new_tokens, arguments.repeats, arguments.rounds
     )
     try:
         server = peers.llama_server(gguf)
-        results["http"] = {LLAMA_SERVER: measure_http(server, levels, arguments.new_tokens)}
+        results["http"] = {LLAMA_SERVER: measure_http(server, levels, arguments.new_tokens, results["http_attempts"])}
     except peers.PeerError as error:
         results["http"] = {LLAMA_SERVER: {"levels": [], "error": str(error)}}
-    results["http"][OUR_SERVICE] = measure_http(peers.our_server(folder), levels, arguments.new_tokens)
+    results["http"][OUR_SERVICE] = measure_http(peers.our_server(folder), levels, arguments.new_tokens, results["http_attempts"])
     results["versions"] = versions(results["single"])
     results["machine"]["load_end"] = load_average()
     results["duration_s"] = time.monotonic() - started
