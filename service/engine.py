@@ -4,11 +4,13 @@ The worker repeats one step: admit waiting requests into free sequence slots (re
 prefix when an idle slot holds one), run one prompt chunk for one new sequence, then one decode
 step for every sequence that is generating. New requests therefore join the running batch at
 step boundaries, a long prompt delays running streams by one chunk at most, and a cancelled
-request leaves its slot at the next step. A decode step runs one row for every slot up to the
-highest busy one, so sequences live in the lowest slots: a new one takes the lowest free slot (its
-reusable prefix, or the evicted cache's neighbour, moved there first), and a sequence above a slot
-that frees up moves down. Moves exchange cache contents, so no cached prefix is lost by them. ONNX Runtime releases the GIL while it computes, so
+request leaves its slot at the next step. ONNX Runtime releases the GIL while it computes, so
 the event loop keeps serving clients meanwhile.
+
+A decode step runs one row for every slot up to the highest busy one, so sequences live in the
+lowest slots: a new one takes the lowest free slot (its reusable prefix copied in), and a sequence
+above a slot that frees up moves down. Moves exchange cache contents, so they lose no cached
+prefix (see _choose_slot for which cache is given up).
 
 Requests wait in a bounded queue: a full queue refuses new ones at once (EngineBusy), and one
 that gets no slot within `queue_timeout` seconds fails with code "queue_timeout".
