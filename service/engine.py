@@ -31,6 +31,7 @@ import numpy as np
 from service.batch_runner import BatchRunner, SerialRunner
 from service.detokenizer import Detokenizer
 from service.dynamic_generator import DynamicCacheGenerator
+from service.event_courier import EventCourier
 from service.generator import PREFILL_CHUNK, DecodeLoop, Generator, ModelShape
 from service.model_folder import ModelFolder
 from service.runtime import Placement, create_session
@@ -136,6 +137,7 @@ class Engine:
         self.prefix_hit_tokens = 0
         self.batch_sizes: Counter[int] = Counter()  # decode steps by sequences decoded, for /metrics
         self.idle_rows = 0  # rows decode steps ran for slots with nothing to decode, for /metrics
+        self._courier = EventCourier(f"events:{folder.model_id}")
         self._worker = threading.Thread(target=self._work, name=f"engine:{folder.model_id}", daemon=True)
         self._worker.start()
 
@@ -159,10 +161,7 @@ class Engine:
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def emit(event: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the client's event loop is gone: nobody is listening
-                pass
+            self._courier.post(loop, events, event)
 
         sequence = Sequence(
             request,
@@ -198,6 +197,7 @@ class Engine:
             self._closing = True
             self._condition.notify()
         self._worker.join(timeout=30)
+        self._courier.close()
 
     # The worker thread from here on.
 
