@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,6 +137,7 @@ class Engine:
         self.prefix_hit_tokens = 0
         self.batch_sizes: Counter[int] = Counter()  # decode steps by sequences decoded, for /metrics
         self.idle_rows = 0  # rows decode steps ran for slots with nothing to decode, for /metrics
+        self._cache_moves: list[tuple[Callable, tuple]] = []  # see _run_cache_moves
         self._courier = EventCourier(f"events:{folder.model_id}")
         self._worker = threading.Thread(target=self._work, name=f"engine:{folder.model_id}", daemon=True)
         self._worker.start()
@@ -210,6 +211,7 @@ class Engine:
                     break
                 self._admit()
             try:
+                self._run_cache_moves()
                 self._step()
             except Exception as error:  # reported to the requests in flight; the worker lives on
                 log.exception("generation step failed")
@@ -274,12 +276,12 @@ class Engine:
             self._exchange(hit, reused, lowest, len(self._slots[lowest].tokens))
             return lowest, reused
         if given_up != lowest:
-            self.runner.copy_slot(lowest, given_up, len(self._slots[lowest].tokens))
+            self._cache_moves.append((self.runner.copy_slot, (lowest, given_up, len(self._slots[lowest].tokens))))
             self._slots[given_up].tokens = self._slots[lowest].tokens
             self._slots[given_up].prompt_length = self._slots[lowest].prompt_length
             self._slots[given_up].last_used = self._slots[lowest].last_used
         if hit is not None and hit != lowest:
-            self.runner.copy_slot(hit, lowest, reused)
+            self._cache_moves.append((self.runner.copy_slot, (hit, lowest, reused)))
         self._slots[lowest].tokens = request.prompt_ids[:reused]
         return lowest, reused
 
@@ -300,7 +302,7 @@ class Engine:
 
     def _exchange(self, first: int, first_length: int, second: int, second_length: int) -> None:
         """Swaps two slots: the first `*_length` cached positions of each, and what they hold."""
-        self.runner.swap_slots(first, first_length, second, second_length)
+        self._cache_moves.append((self.runner.swap_slots, (first, first_length, second, second_length)))
         self._slots[first], self._slots[second] = self._slots[second], self._slots[first]
         for index, length in ((first, second_length), (second, first_length)):
             slot = self._slots[index]
@@ -320,6 +322,15 @@ class Engine:
             if not busy or not free or free[0] > busy[-1]:
                 return
             self._exchange(busy[-1], self._slots[busy[-1]].sequence.cached, free[0], len(self._slots[free[0]].tokens))
+            self._run_cache_moves()
+
+    def _run_cache_moves(self) -> None:
+        """Runs the cache copies that slot changes decided, in order. Admission decides them
+        under the queue's lock but runs them after it: a long cache takes milliseconds to copy,
+        and submit() on the event loop must not wait for that."""
+        moves, self._cache_moves = self._cache_moves, []
+        for operation, arguments in moves:
+            operation(*arguments)
 
     def _release(self, slot: _Slot, keep_cache: bool = True) -> None:
         sequence = slot.sequence
