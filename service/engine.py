@@ -275,11 +275,8 @@ class Engine:
         if given_up != lowest and given_up == hit:
             self._exchange(hit, reused, lowest, len(self._slots[lowest].tokens))
             return lowest, reused
-        if given_up != lowest:
-            self._cache_moves.append((self.runner.copy_slot, (lowest, given_up, len(self._slots[lowest].tokens))))
-            self._slots[given_up].tokens = self._slots[lowest].tokens
-            self._slots[given_up].prompt_length = self._slots[lowest].prompt_length
-            self._slots[given_up].last_used = self._slots[lowest].last_used
+        if given_up != lowest:  # the lowest slot's cache moves out whole; nothing of given_up's is kept
+            self._exchange(given_up, 0, lowest, len(self._slots[lowest].tokens))
         if hit is not None and hit != lowest:
             self._cache_moves.append((self.runner.copy_slot, (hit, lowest, reused)))
         self._slots[lowest].tokens = request.prompt_ids[:reused]
