@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from opentelemetry.trace import TracerProvider
@@ -30,6 +31,9 @@ from service.tracing import tracer_provider_from
 log = logging.getLogger(__name__)
 # Seconds a client is asked to wait before retrying while the database is unreachable.
 RETRY_AFTER_DATABASE = 2
+# Session searches run on threads of their own, at most this many at once, so that searches
+# never take the threads every other session request uses.
+SEARCH_THREADS = 2
 
 
 async def _openapi(request) -> JSONResponse:
@@ -68,6 +72,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         registry.restore()
         app.state.started = True
         yield
+        app.state.search_threads.shutdown(cancel_futures=True)
         registry.close()
         storage.close()
 
@@ -127,5 +132,6 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app.state.tracer = (tracer_provider or tracer_provider_from(settings.otlp_endpoint)).get_tracer("service")
     app.state.started = False
     app.state.draining = False
+    app.state.search_threads = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="search")
     app.state.guards = Guards(settings.max_messages, settings.max_prompt_tokens, settings.max_completion_tokens)
     return app

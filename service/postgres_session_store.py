@@ -17,9 +17,11 @@ from psycopg.types.json import Json
 from service.postgres import PostgresDatabase
 from service.session_store import (
     HIGHLIGHT,
+    SEARCH_SECONDS,
     SESSION_COLUMNS,
     SNIPPET_TOKENS,
     NewMessage,
+    SearchTookTooLong,
     SessionHasNoTurns,
     SessionNotFound,
     StoredMessage,
@@ -119,7 +121,7 @@ class PostgresSessionStore:
     ) -> tuple[list[StoredSession], bool]:
         phrases = search_phrases(query) if query else None
         if phrases == []:
-            return [], False  # only words-free terms such as `*`: nothing matches, as in FTS5
+            return [], False  # only whitespace or words-free terms such as `*`: nothing matches, as in FTS5
         owner_clause, parameters = _owner_is(owner)
         clauses, parameters = [owner_clause], list(parameters)
         if after is not None:
@@ -128,13 +130,24 @@ class PostgresSessionStore:
         if phrases is not None:
             clauses.append("EXISTS (SELECT 1 FROM messages WHERE session_id = sessions.id AND search_words @@ %s::tsquery)")
             parameters.append(tsquery_text(phrases))
+        deadline = time.monotonic() + SEARCH_SECONDS
         with self._database.transaction(snapshot=True) as connection:
-            rows = connection.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT %s",
-                (*parameters, limit + 1),
-            ).fetchall()
-            rows, has_more = rows[:limit], len(rows) > limit
-            snippets = self._snippets(connection, phrases, [row[0] for row in rows]) if phrases and rows else {}
+            if phrases:
+                connection.execute(f"SET LOCAL statement_timeout = {int(SEARCH_SECONDS * 1000)}")
+            try:
+                rows = connection.execute(
+                    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT %s",
+                    (*parameters, limit + 1),
+                ).fetchall()
+                rows, has_more = rows[:limit], len(rows) > limit
+                best = self._best_messages(connection, phrases, [row[0] for row in rows]) if phrases and rows else {}
+            except psycopg.errors.QueryCanceled as error:
+                raise SearchTookTooLong(SEARCH_SECONDS) from error
+        snippets = {}
+        for session_id, content in best.items():
+            if time.monotonic() > deadline:
+                raise SearchTookTooLong(SEARCH_SECONDS)
+            snippets[session_id] = snippet(content, phrases, SNIPPET_TOKENS, HIGHLIGHT)
         return [StoredSession.from_row(row, snippets.get(row[0])) for row in rows], has_more
 
     def delete(self, session_id: str, owner: str | None = None) -> bool:
@@ -211,12 +224,12 @@ class PostgresSessionStore:
             )
 
     @staticmethod
-    def _snippets(connection: psycopg.Connection, phrases: list[list[str]], session_ids: list[str]) -> dict[str, str]:
-        """Each session's best-ranked matching message, cut to a snippet."""
+    def _best_messages(connection: psycopg.Connection, phrases: list[list[str]], session_ids: list[str]) -> dict[str, str]:
+        """Each session's best-ranked matching message, whose snippet the list shows."""
         rows = connection.execute(
             "SELECT DISTINCT ON (session_id) session_id, content FROM messages, CAST(%s AS tsquery) AS query "
             "WHERE session_id = ANY(%s) AND search_words @@ query "
             "ORDER BY session_id, ts_rank(search_words, query) DESC, position",
             (tsquery_text(phrases), session_ids),
         ).fetchall()
-        return {session_id: snippet(content, phrases, SNIPPET_TOKENS, HIGHLIGHT) for session_id, content in rows}
+        return dict(rows)

@@ -24,12 +24,21 @@ from typing import Protocol
 # Length of a search result's snippet, in words.
 SNIPPET_TOKENS = 16
 HIGHLIGHT = "**"
+# Bounds on one search, so that no query can keep a worker busy for long: its size, and the
+# seconds after which it is abandoned (SearchTookTooLong).
+MAX_QUERY_CHARACTERS = 1000
+MAX_QUERY_TERMS = 16
+SEARCH_SECONDS = 5.0
 
 SESSION_COLUMNS = "id, created, updated, title, model, owner, metadata, max_turns, max_tokens"
 
 
 class SessionNotFound(LookupError):
     """No session with this id belongs to this owner (or it was deleted meanwhile)."""
+
+
+class SearchTookTooLong(TimeoutError):
+    """A search ran past SEARCH_SECONDS and was abandoned."""
 
 
 class SessionHasNoTurns(LookupError):
@@ -120,7 +129,9 @@ class SessionStore(Protocol):
     ) -> tuple[list[StoredSession], bool]:
         """Sessions newest first, those older than `after`, up to `limit`, and whether more
         follow. With `query`, only sessions with a message holding every word of it (case and
-        accents ignored, whole words), each with a snippet of its best-ranked matching message."""
+        accents ignored, whole words), each with a snippet of its best-ranked matching message;
+        a query of only whitespace matches nothing. A search runs at most SEARCH_SECONDS, then
+        raises SearchTookTooLong; it never delays other reads."""
         ...
 
     def delete(self, session_id: str, owner: str | None = None) -> bool:

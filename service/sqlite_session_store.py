@@ -6,8 +6,11 @@ would already give that), and a power cut or kernel crash loses nothing either (
 back the last commits there). The price is one fsync per chat turn, small next to generating
 the answer. Each turn is one transaction, so a crash leaves either the whole turn or none of it.
 
-Threads: one connection guarded by a lock; one process uses the file (several replicas share
-PostgreSQL instead). Owners are compared with `owner IS ?`, which matches null to null.
+Threads: writes share one connection guarded by a lock; reads use a connection per thread and
+never wait for the lock, so a long search never holds up another key's reads. One process uses
+the file (several replicas share PostgreSQL instead). Owners are compared with `owner IS ?`,
+which matches null to null. FTS5 finds and ranks matches; snippets are cut by text_search.py,
+since FTS5's snippet() takes time that grows with the square of a message's hits.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from pathlib import Path
 
 from service.session_store import (
     HIGHLIGHT,
+    SEARCH_SECONDS,
     SESSION_COLUMNS,
     SNIPPET_TOKENS,
     NewMessage,
+    SearchTookTooLong,
     SessionHasNoTurns,
     SessionNotFound,
     StoredMessage,
@@ -32,6 +37,7 @@ from service.session_store import (
     new_session_id,
 )
 from service.storage_errors import StorageError
+from service.text_search import search_phrases, search_terms, snippet
 
 DATABASE_FILE = "sessions.sqlite3"
 
@@ -85,17 +91,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def search_expression(text: str) -> str | None:
-    """An FTS5 query matching messages that hold every word of `text`.
-
-    Each whitespace-separated term is quoted (inner quotes doubled), so operators and
-    punctuation (`AND`, `*`, `"`, `(`) are searched as text and any input is a valid query.
-    A NUL would end the query early in FTS5's parser, so it separates terms like a space.
-    """
-    terms = text.replace("\x00", " ").split()
-    if not terms:
-        return None
-    return " ".join('"' + term.replace('"', '""') + '"' for term in terms)
+def search_expression(text: str) -> str:
+    """An FTS5 query matching messages that hold every term of `text` (search_terms); none
+    (only whitespace) matches nothing. Each term is quoted (inner quotes doubled), so operators
+    and punctuation (`AND`, `*`, `"`, `(`) are searched as text and any input is a valid query."""
+    return " ".join('"' + term.replace('"', '""') + '"' for term in search_terms(text)) or '""'
 
 
 def migrate(connection: sqlite3.Connection) -> int:
@@ -122,41 +122,69 @@ def migrate(connection: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
+@contextmanager
+def _in_transaction(connection: sqlite3.Connection, begin: str) -> Iterator[sqlite3.Connection]:
+    connection.execute(begin)
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
 class SQLiteSessionStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        # Autocommit mode: transactions are the explicit BEGIN/COMMIT below, nothing implicit.
-        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writer connection: one write transaction at a time
+        self._connection = self._connect()
         mode = self._connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             self._connection.close()
             raise StorageError(f"{path}: SQLite cannot use WAL here (journal mode {mode!r}); use a local --data-dir")
-        self._connection.execute("PRAGMA synchronous = FULL")
-        self._connection.execute("PRAGMA foreign_keys = ON")
-        self._connection.execute("PRAGMA busy_timeout = 5000")
         migrate(self._connection)
+        # Readers get a connection per thread and never take the lock: in WAL mode they read
+        # their snapshot while a write (or a long search) goes on.
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit mode: transactions are the explicit BEGIN/COMMIT below, nothing implicit.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("PRAGMA busy_timeout = 5000")
+        return connection
 
     @classmethod
     def in_folder(cls, data_dir: Path) -> SQLiteSessionStore:
         return cls(data_dir / DATABASE_FILE)
 
     def close(self) -> None:
-        with self._lock:
-            self._connection.close()
+        with self._lock, self._readers_lock:
+            for connection in [self._connection, *self._readers]:
+                connection.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._connect()
+            with self._readers_lock:
+                self._readers.append(connection)
+        return connection
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
-        """One transaction under the lock; IMMEDIATE for writes so they never fail to upgrade."""
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield self._connection
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
+        """A write transaction under the lock, IMMEDIATE so it never fails to upgrade; or a read
+        transaction (one snapshot) on this thread's own connection."""
+        if not write:
+            with _in_transaction(self._reader(), "BEGIN") as connection:
+                yield connection
+            return
+        with self._lock, _in_transaction(self._connection, "BEGIN IMMEDIATE") as connection:
+            yield connection
 
     def create(
         self,
@@ -198,21 +226,38 @@ class SQLiteSessionStore:
     def list_sessions(
         self, *, owner: str | None = None, limit: int = 20, after: str | None = None, query: str | None = None
     ) -> tuple[list[StoredSession], bool]:
-        expression = search_expression(query) if query else None
+        """A search stops at SEARCH_SECONDS (SearchTookTooLong): SQLite is asked to give up
+        then, and snippets are cut in linear time, one session at a time."""
         clauses, parameters = ["owner IS ?"], [owner]
         if after is not None:
             clauses.append("id < ?")
             parameters.append(after)
-        if expression is not None:
+        if query:
             clauses.append("id IN (SELECT session_id FROM message_search WHERE message_search MATCH ?)")
-            parameters.append(expression)
+            parameters.append(search_expression(query))
+        deadline = time.monotonic() + SEARCH_SECONDS
         with self._transaction(write=False) as connection:
-            rows = connection.execute(
-                f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
-                (*parameters, limit + 1),
-            ).fetchall()
-            rows, has_more = rows[:limit], len(rows) > limit
-            snippets = self._snippets(connection, expression, [row[0] for row in rows]) if expression and rows else {}
+            if query:
+                connection.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+            try:
+                rows = connection.execute(
+                    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
+                    (*parameters, limit + 1),
+                ).fetchall()
+                rows, has_more = rows[:limit], len(rows) > limit
+                best = self._best_messages(connection, search_expression(query), [row[0] for row in rows]) if query and rows else {}
+            except sqlite3.OperationalError as error:
+                if time.monotonic() > deadline:
+                    raise SearchTookTooLong(SEARCH_SECONDS) from error
+                raise
+            finally:
+                connection.set_progress_handler(None, 0)
+        snippets = {}
+        phrases = search_phrases(query) if query else []
+        for session_id, content in best.items():
+            if time.monotonic() > deadline:
+                raise SearchTookTooLong(SEARCH_SECONDS)
+            snippets[session_id] = snippet(content, phrases, SNIPPET_TOKENS, HIGHLIGHT)
         return [StoredSession.from_row(row, snippets.get(row[0])) for row in rows], has_more
 
     def delete(self, session_id: str, owner: str | None = None) -> bool:
@@ -275,14 +320,17 @@ class SQLiteSessionStore:
         )
 
     @staticmethod
-    def _snippets(connection: sqlite3.Connection, expression: str, session_ids: list[str]) -> dict[str, str]:
+    def _best_messages(connection: sqlite3.Connection, expression: str, session_ids: list[str]) -> dict[str, str]:
+        """Each session's best-ranked matching message (bm25), whose snippet the list shows."""
         placeholders = ", ".join("?" * len(session_ids))
-        rows = connection.execute(
-            f"SELECT session_id, snippet(message_search, 0, ?, ?, '…', ?) FROM message_search "
+        ranked = connection.execute(
+            f"SELECT session_id, rowid FROM message_search "
             f"WHERE message_search MATCH ? AND session_id IN ({placeholders}) ORDER BY rank",
-            (HIGHLIGHT, HIGHLIGHT, SNIPPET_TOKENS, expression, *session_ids),
+            (expression, *session_ids),
         ).fetchall()
-        snippets: dict[str, str] = {}
-        for session_id, snippet in rows:
-            snippets.setdefault(session_id, snippet)
-        return snippets
+        best: dict[str, int] = {}
+        for session_id, rowid in ranked:
+            best.setdefault(session_id, rowid)
+        placeholders = ", ".join("?" * len(best))
+        rows = connection.execute(f"SELECT session_id, content FROM messages WHERE id IN ({placeholders})", tuple(best.values()))
+        return dict(rows.fetchall())

@@ -24,7 +24,7 @@ def sampling_params(engine: Engine, body: GenerationOptions, logprobs: bool, top
     vocab_size = int(engine.folder.config.get("vocab_size") or engine.folder.tokenizer.get_vocab_size())
     bias = {}
     for key, value in (body.logit_bias or {}).items():
-        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+        if not (key.isascii() and key.isdigit()) or not int(key) < vocab_size:
             raise APIError(400, f"logit_bias key {key!r} is not a token id of this model (0..{vocab_size - 1})", param="logit_bias")
         bias[int(key)] = float(value)
     top_k = body.top_k if body.top_k is not None else defaults.get("top_k", 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
@@ -20,8 +21,13 @@ from service.engine import Engine
 from service.errors import APIError
 from service.model_folder import ModelFolder
 from service.schemas import ChatMessage, CreateSessionRequest, decode_body
+from service.text_search import search_terms
 from service.session_store import (
+    MAX_QUERY_CHARACTERS,
+    MAX_QUERY_TERMS,
+    SEARCH_SECONDS,
     NewMessage,
+    SearchTookTooLong,
     SessionHasNoTurns,
     SessionNotFound,
     SessionStore,
@@ -91,7 +97,7 @@ def _with_messages(session: StoredSession, messages: list[StoredMessage]) -> dic
 def _limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_LIST_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIST_LIMIT:
         raise APIError(400, f"limit must be an integer from 1 to {MAX_LIST_LIMIT}; got {text!r}", param="limit")
     return int(text)
 
@@ -128,17 +134,37 @@ async def create_session(request: Request) -> JSONResponse:
     return JSONResponse(_with_messages(*await asyncio.to_thread(create)), status_code=201)
 
 
+def _query(text: str | None) -> str | None:
+    """`q` within MAX_QUERY_CHARACTERS and MAX_QUERY_TERMS distinct terms, or a 400."""
+    if text is not None and (len(text) > MAX_QUERY_CHARACTERS or len(search_terms(text)) > MAX_QUERY_TERMS):
+        raise APIError(
+            400, f"q may hold at most {MAX_QUERY_TERMS} distinct words and {MAX_QUERY_CHARACTERS} characters",
+            param="q", code="query_too_long",
+        )
+    return text or None
+
+
 async def list_sessions(request: Request) -> JSONResponse:
     """Newest first; `after` is the last id of the previous page; `q` keeps sessions with a
-    message holding every word of it, each with a snippet of its best match."""
+    message holding every word of it, each with a snippet of its best match. Searches run on
+    threads of their own, so however many run, other session requests never queue behind them."""
     parameters = request.query_params
-    sessions, has_more = await asyncio.to_thread(
+    query = _query(parameters.get("q"))
+    listing = partial(
         _store(request).list_sessions,
         owner=owner_of(request),
         limit=_limit(parameters.get("limit")),
         after=parameters.get("after") or None,
-        query=parameters.get("q"),
+        query=query,
     )
+    try:
+        if query is None:
+            sessions, has_more = await asyncio.to_thread(listing)
+        else:
+            sessions, has_more = await asyncio.get_running_loop().run_in_executor(request.app.state.search_threads, listing)
+    except SearchTookTooLong as error:
+        message = f"the search took longer than {SEARCH_SECONDS:g}s and was stopped; search for fewer or rarer words"
+        raise APIError(503, message, param="q", code="search_timeout") from error
     data = [describe(session) for session in sessions]
     return JSONResponse(
         {
