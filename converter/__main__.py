@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from converter import CONVERTER_VERSION
-from converter.convert import BACKENDS, ConversionOptions, convert
+from converter.convert import BACKENDS, TARGET_ACTIVATIONS, ConversionOptions, convert
 from converter.errors import ConversionError
 from converter.progress import ConsoleProgress
 from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS
@@ -31,11 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         "int4 = 4-bit layer matrices (see --algorithm) with 8-bit embeddings and head (default: keep)",
     )
     parser.add_argument(
+        "--device",
+        choices=tuple(TARGET_ACTIVATIONS),
+        default="cpu",
+        help="the device the graph is built for: cpu (float32) or cuda (float16 matmuls, attention and "
+        "KV cache, float32 residual stream and logits, sampling candidates from the graph; also runs on "
+        "the CPU provider, slowly) (default: cpu)",
+    )
+    parser.add_argument(
         "--activations",
-        choices=("fp32", "int8"),
-        default="fp32",
+        choices=tuple(dict.fromkeys(precision for choices in TARGET_ACTIVATIONS.values() for precision in choices)),
+        default=None,
         help="how quantized matmuls treat activations: fp32 (exact) or int8 blocks (faster, with a "
-        "small accuracy loss) (default: fp32)",
+        "small accuracy loss) on cpu; fp16 on cuda (default: fp32 on cpu, fp16 on cuda)",
     )
     parser.add_argument(
         "--block-size",
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             block_size=arguments.block_size,
             algorithm=arguments.algorithm,
             backend=arguments.backend,
+            device=arguments.device,
         )
         convert(arguments.source, arguments.out, options, arguments.force, ConsoleProgress(), arguments.model_id)
     except ConversionError as error:

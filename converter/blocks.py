@@ -1,6 +1,8 @@
 """One builder per building block of a decoder: embedding, linear, RMS norm, attention, MLP.
 
 Each function adds its nodes to a GraphBuilder and returns the names of the values it produced.
+Linear layers, attention and the MLP compute in the builder's compute type (float32, or float16
+for the CUDA target); the embedding and the norms of the residual stream stay float32.
 ORT's fused contrib ops are used where they run on both CPU and CUDA: MatMulNBits,
 GatherBlockQuantized, SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization and
 GroupQueryAttention (which also applies rotary embeddings and writes the KV cache in place).
@@ -47,8 +49,11 @@ def linear(
         low = linear(builder, x, weight.low, f"{name}.low", accuracy, f"{weight_name}.low")
         return builder.op1("Add", [high, low], name)
     if isinstance(weight, DenseWeight):
-        stored = builder.constant(f"{weight_name}.weight_t", np.ascontiguousarray(weight.values.T))
-        transposed = _as_float32(builder, stored, weight.values.dtype)
+        if builder.compute_type == FLOAT:
+            stored = builder.constant(f"{weight_name}.weight_t", np.ascontiguousarray(weight.values.T))
+            transposed = _as_float32(builder, stored, weight.values.dtype)
+        else:
+            transposed = builder.compute_constant(f"{weight_name}.weight_t", np.ascontiguousarray(weight.values.T))
         return builder.op1("MatMul", [x, transposed], name)
     folded = fold_minimums(weight) if weight.minimums is not None and accuracy[weight.bits] == INT8_ACTIVATIONS else None
     if folded is not None:  # int8 activations round x anyway: the minimums go inside the matmul
@@ -60,7 +65,7 @@ def linear(
         [
             x,
             _packed_levels(builder, weight, weight_name),
-            builder.constant(f"{weight_name}.scales", weight.scales.reshape(-1)),
+            builder.compute_constant(f"{weight_name}.scales", weight.scales.reshape(-1)),
             builder.constant(f"{weight_name}.zero_points", weight.packed_zero_points()),
         ],
         name,
@@ -73,7 +78,7 @@ def linear(
     )
     if weight.minimums is None:
         return product
-    minimums = builder.constant(f"{weight_name}.minimums_t", np.ascontiguousarray(weight.minimums.T))
+    minimums = builder.compute_constant(f"{weight_name}.minimums_t", np.ascontiguousarray(weight.minimums.T))
     offsets = builder.op1("MatMul", [_block_sums(builder, x, weight.block_size), minimums], f"{name}/minimums")
     return builder.op1("Add", [product, offsets], f"{name}/plus_minimums")
 
@@ -152,8 +157,13 @@ def _gather_blocks(builder: GraphBuilder, input_ids: str, weight: BlockQuantized
     return builder.op1("Add", [gathered, offsets], f"{name}/plus_minimums")
 
 
-def rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray, epsilon: float, name: str) -> str:
-    scale = builder.constant(f"{name}.weight", gamma.astype(np.float32))
+def rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray, epsilon: float, name: str, in_compute_type: bool = False) -> str:
+    """RMS norm with float32 accumulation (stash_type 1); x is float32 (the residual stream) or,
+    with `in_compute_type`, in the graph's compute type (per-head norms inside attention)."""
+    if in_compute_type:
+        scale = builder.compute_constant(f"{name}.weight", gamma)
+    else:
+        scale = builder.constant(f"{name}.weight", gamma.astype(np.float32))
     return builder.op1("SimplifiedLayerNormalization", [x, scale], name, axis=-1, epsilon=epsilon, stash_type=1)
 
 
@@ -195,7 +205,7 @@ class AttentionInputs:
 def _add_bias(builder: GraphBuilder, x: str, bias: np.ndarray | None, name: str) -> str:
     if bias is None:
         return x
-    return builder.op1("Add", [x, builder.constant(f"{name}.bias", bias.astype(np.float32))], f"{name}/plus_bias")
+    return builder.op1("Add", [x, builder.compute_constant(f"{name}.bias", bias)], f"{name}/plus_bias")
 
 
 def _per_head_rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray | None, epsilon: float, head_dim: int, name: str) -> str:
@@ -205,7 +215,7 @@ def _per_head_rms_norm(builder: GraphBuilder, x: str, gamma: np.ndarray | None, 
     by_head = builder.constant(f"head_shape_{head_dim}", np.array([0, 0, -1, head_dim], dtype=np.int64))
     flat = builder.constant("flatten_heads_shape", np.array([0, 0, -1], dtype=np.int64))
     heads = builder.op1("Reshape", [x, by_head], f"{name}/by_head")
-    normed = rms_norm(builder, heads, gamma, epsilon, name)
+    normed = rms_norm(builder, heads, gamma, epsilon, name, in_compute_type=True)
     return builder.op1("Reshape", [normed, flat], f"{name}/flat")
 
 
@@ -320,10 +330,31 @@ def soft_capped(builder: GraphBuilder, x: str, cap: float, name: str) -> str:
     return scaled(builder, builder.op1("Tanh", [inner], f"{name}/tanh"), cap, name)
 
 
-def last_positions(builder: GraphBuilder, hidden: str, count: str, name: str) -> str:
-    """Keeps the last `count` positions of (batch, sequence, hidden): decode needs only one."""
-    starts = builder.op1("Neg", [count], f"{name}/starts")
+def last_positions(builder: GraphBuilder, hidden: str, count: str, name: str, negative: bool = False) -> str:
+    """Keeps the last `count` positions of (batch, sequence, hidden): decode needs only one.
+
+    With `negative`, `count` already holds minus the count, so no node computes the Slice's
+    start: on CUDA that node would run on the CPU, since Slice reads its starts from host memory.
+    """
+    starts = count if negative else builder.op1("Neg", [count], f"{name}/starts")
     ends = builder.constant(f"{name}.ends", np.array([np.iinfo(np.int64).max], dtype=np.int64))
     axes = builder.constant(f"{name}.axes", np.array([1], dtype=np.int64))
     return builder.op1("Slice", [hidden, starts, ends, axes], name)
 
+
+
+def sampling_candidates(builder: GraphBuilder, logits: str, temperatures: str, count: int) -> tuple[str, str, str]:
+    """The `count` largest logits of each row's last position with their token ids (most likely
+    first), and the log of the softmax's normalizer at each row's temperature: what a sampler
+    needs to draw from the candidates exactly, and to tell when a draw falls beyond them.
+    Returns (ids int64 (batch, count), logits float32 (batch, count), log normalizer (batch,))."""
+    last_index = builder.constant("logits/last_index", np.array(-1, dtype=np.int64))
+    last = builder.op1("Gather", [logits, last_index], "logits/last", axis=1)
+    size = builder.constant("sampling/candidate_count", np.array([count], dtype=np.int64))
+    values, ids = builder.op("TopK", [last, size], "sampling/top", outputs=2, axis=-1, largest=1, sorted=1)
+    columns = builder.constant("sampling/column_axis", np.array([1], dtype=np.int64))
+    divisors = builder.op1("Unsqueeze", [temperatures, columns], "sampling/temperature_column")
+    tempered = builder.op1("Div", [last, divisors], "sampling/tempered")
+    rows = builder.constant("sampling/vocabulary_axis", np.array([-1], dtype=np.int64))
+    normalizer = builder.op1("ReduceLogSumExp", [tempered, rows], "sampling/log_normalizer", keepdims=0)
+    return ids, values, normalizer

@@ -21,6 +21,7 @@ from converter.hf_source import read_checkpoint_texts, read_huggingface
 from converter.model_config import SourceModel
 from converter.onnx_quantization import BLOCK_SIZES, INT4_ALGORITHMS, quantize_matmuls
 from converter.progress import Progress
+from converter.targets import TARGETS
 from converter.quantization import (
     OWN_INT4,
     QUANT_MODES,
@@ -39,8 +40,11 @@ _SINGLE_FILE_LIMIT = 1_800_000_000
 # How quantized matmuls treat activations (MatMulNBits accuracy_level by weight bits). fp32 is
 # exact (8-bit weights run as two 4-bit halves, since ORT has no fast float kernel for them);
 # int8 lets ORT quantize activations per block (and lets block minimums fold into the matmul,
-# weights.fold_minimums): faster on CPU for a small perplexity cost (docs/conversion.md).
-ACCURACY_LEVELS = {"fp32": {4: 0, 8: 0}, "int8": {4: 4, 8: 4}}
+# weights.fold_minimums): faster on CPU for a small perplexity cost (docs/conversion.md). fp16 is
+# the CUDA target's (converter.targets): its MatMulNBits take float16 inputs as they are.
+ACCURACY_LEVELS = {"fp32": {4: 0, 8: 0}, "int8": {4: 4, 8: 4}, "fp16": {4: 0, 8: 0}}
+# The activation precisions each target offers; the first is its default.
+TARGET_ACTIVATIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp16",)}
 
 
 def sha256_of(path: Path) -> str:
@@ -78,13 +82,19 @@ class ConversionOptions:
     """Everything besides the source that changes what a conversion writes."""
 
     quant: str = "keep"  # QUANT_MODES
-    activations: str = "fp32"  # ACCURACY_LEVELS: how quantized matmuls treat activations
+    # ACCURACY_LEVELS: how quantized matmuls treat activations; None: the device's default
+    activations: str | None = None
     block_size: int = 32  # for the onnxruntime.quantization algorithms
     # int4: "q4_1" (the converter's own blocks of 32 with float minimums; lossless on Q4_0/Q4_1
     # sources) or one of onnxruntime.quantization's INT4_ALGORITHMS. None: q4_1 for the native
     # backend, rtn for optimum (which only has ORT's).
     algorithm: str | None = None
     backend: str = "native"  # BACKENDS
+    device: str = "cpu"  # TARGETS: the graph is built for this device (converter.targets)
+
+    @property
+    def activation_precision(self) -> str:
+        return self.activations or TARGET_ACTIVATIONS.get(self.device, ("fp32",))[0]
 
     @property
     def int4_algorithm(self) -> str:
@@ -93,8 +103,13 @@ class ConversionOptions:
     def check(self) -> None:
         if self.backend not in BACKENDS:
             raise ConversionError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.activations not in ACCURACY_LEVELS:
-            raise ConversionError(f"activation precision {self.activations!r} is not one of {', '.join(ACCURACY_LEVELS)}")
+        if self.device not in TARGETS:
+            raise ConversionError(f"device {self.device!r} is not one of {', '.join(TARGETS)}")
+        if self.activation_precision not in TARGET_ACTIVATIONS[self.device]:
+            offered = ", ".join(TARGET_ACTIVATIONS[self.device])
+            raise ConversionError(f"activation precision {self.activation_precision!r} is not one the {self.device} target offers ({offered})")
+        if self.device != "cpu" and self.backend != "native":
+            raise ConversionError(f"--device {self.device} builds the native graph; --backend {self.backend} graphs are for the cpu target")
         if self.quant not in QUANT_MODES:
             raise ConversionError(f"--quant {self.quant!r} is not one of {', '.join(QUANT_MODES)}")
         if self.block_size not in BLOCK_SIZES:
@@ -107,11 +122,13 @@ class ConversionOptions:
 
     def label(self) -> str:
         """A short name for cache folders: only the options that matter for this mode."""
-        parts = [self.quant, self.activations]
+        parts = [self.quant, self.activation_precision]
         if self.quant == "int4":
             parts += [f"b{self.block_size}", self.int4_algorithm]
         if self.backend != "native":
             parts.append(self.backend)
+        if self.device != "cpu":
+            parts.append(self.device)
         return "-".join(parts)
 
 
@@ -125,6 +142,7 @@ class BuiltGraph:
     architecture: str
     context_length: int
     config: dict
+    target: dict
 
 
 def convert(
@@ -181,6 +199,7 @@ def convert(
             "architecture": built.architecture,
             "context_length": built.context_length,
             "config": built.config,
+            "target": built.target,
             "quantization": built.quantization,
             "files": {
                 path.name: {"bytes": path.stat().st_size, "sha256": sha256_of(path)} for path in sorted(staging.iterdir())
@@ -197,11 +216,12 @@ def convert(
 def _build_native(model: SourceModel, options: ConversionOptions, progress: Progress) -> BuiltGraph:
     onnx_int4 = options.quant == "int4" and options.int4_algorithm != OWN_INT4
     weights = apply_quantization(model.weights, options.quant, onnx_int4)
-    if options.activations == "fp32":
+    if options.activation_precision == "fp32":
         weights = split_8bit_weights(weights)
-    progress.stage(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers)")
-    accuracy = ACCURACY_LEVELS[options.activations]
-    graph = build_decoder(model.config, weights, accuracy, progress)
+    target = TARGETS[options.device]
+    progress.stage(f"building the {model.config.architecture} graph ({model.config.num_hidden_layers} layers, {target.compute_name} for {target.device})")
+    accuracy = ACCURACY_LEVELS[options.activation_precision]
+    graph = build_decoder(model.config, weights, accuracy, progress, target)
     table = quantization_table(weights, fold=accuracy[4] == INT8_ACTIVATIONS)
     if onnx_int4:
         algorithm = options.int4_algorithm
@@ -212,11 +232,17 @@ def _build_native(model: SourceModel, options: ConversionOptions, progress: Prog
     return BuiltGraph(
         model=graph,
         interface=NATIVE_INTERFACE,
-        quantization={"mode": options.quant, "activation_precision": options.activations, "tensors": table},
+        quantization={"mode": options.quant, "activation_precision": options.activation_precision, "tensors": table},
         architecture=model.config.architecture,
         context_length=model.config.max_position_embeddings,
         config=model.config.to_json(),
+        target=target_description(target),
     )
+
+
+def target_description(target) -> dict:
+    """What the manifest says about the target: the service reads the device and the types it binds."""
+    return {"device": target.device, "compute": target.compute_name, "sampling_candidates": target.sampling_candidates}
 
 
 def _layer_matmuls(graph: onnx.ModelProto) -> list[str]:
@@ -237,17 +263,18 @@ def _build_with_optimum(source: Path, options: ConversionOptions, progress: Prog
     exported = optimum_backend.export(source, progress)
     progress.stage(f"quantizing ({options.quant})")
     graph, quantization = optimum_backend.quantize(
-        exported, options.quant, options.block_size, options.int4_algorithm, ACCURACY_LEVELS[options.activations][4]
+        exported, options.quant, options.block_size, options.int4_algorithm, ACCURACY_LEVELS[options.activation_precision][4]
     )
     config = texts.config
     context = config.get("max_position_embeddings") or config.get("n_positions") or config.get("max_sequence_length") or 2048
     built = BuiltGraph(
         model=graph,
         interface=optimum_backend.GRAPH_INTERFACE,
-        quantization={**quantization, "activation_precision": options.activations},
+        quantization={**quantization, "activation_precision": options.activation_precision},
         architecture=config.get("model_type", "unknown"),
         context_length=int(context),
         config=config,
+        target=target_description(TARGETS["cpu"]),
     )
     return texts, built
 

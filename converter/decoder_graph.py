@@ -1,21 +1,19 @@
-"""Composes the blocks into a decoder graph (Llama, Qwen 2/3, Gemma 3) with a KV cache.
+"""Composes the blocks into a decoder graph (Llama, Qwen 2/3, Gemma 3) with a KV cache, for a
+target (converter.targets); its inputs and outputs are named in converter.graph_interface.
 
-Graph interface (what the engine binds):
-  inputs   input_ids int64 (batch, sequence)
-           seqlens_k int32 (batch): tokens in the cache after this step, minus one
-           total_sequence_length int32 (): the longest of those plus one
-           num_logits_to_keep int64 (1): how many final positions get logits (1 while decoding)
-           past_key_values.{i}.key / .value float32 (batch, kv_heads, capacity, head_dim)
-  outputs  logits float32 (batch, num_logits_to_keep, vocab)
-           present.{i}.key / .value: the same shape as the past; bind them to the past buffers
+The residual stream is float32 on every target: blocks take it in the compute type after their
+norm and give their output back as float32 before it is added.
 """
 
 from __future__ import annotations
 
 from converter import blocks
+from converter import graph_interface as names
 from converter.graph_builder import FLOAT, INT32, INT64, GraphBuilder
 from converter.model_config import SLIDING_ATTENTION, DecoderConfig, DecoderWeights
 from converter.progress import Progress
+from converter.targets import CPU_TARGET, Target
+from converter.weights import gather_layout_for_cuda
 
 
 def _attention_inputs(builder: GraphBuilder, config: DecoderConfig, seqlens_k: str, total: str) -> dict[str, blocks.AttentionInputs]:
@@ -31,8 +29,8 @@ def _attention_inputs(builder: GraphBuilder, config: DecoderConfig, seqlens_k: s
         kinds[kind] = blocks.AttentionInputs(
             seqlens_k=seqlens_k,
             total_sequence_length=total,
-            cos_cache=builder.constant(f"{prefix}.cos", cos),
-            sin_cache=builder.constant(f"{prefix}.sin", sin),
+            cos_cache=builder.compute_constant(f"{prefix}.cos", cos),
+            sin_cache=builder.compute_constant(f"{prefix}.sin", sin),
             local_window=config.sliding_window if sliding else -1,
         )
     return kinds
@@ -43,17 +41,25 @@ def build_decoder(
     weights: DecoderWeights,
     accuracy: blocks.AccuracyLevels = blocks.EXACT,
     progress: Progress = Progress(),
+    target: Target = CPU_TARGET,
 ):
-    builder = GraphBuilder(f"{config.architecture}_decoder")
-    input_ids = builder.input("input_ids", INT64, ["batch", "sequence"])
-    seqlens_k = builder.input("seqlens_k", INT32, ["batch"])
-    total = builder.input("total_sequence_length", INT32, [])
-    logits_to_keep = builder.input("num_logits_to_keep", INT64, [1])
+    builder = GraphBuilder(f"{config.architecture}_decoder", target.compute_type)
+    cache_type = target.compute_type
+    on_cuda = target.device == "cuda"
+    input_ids = builder.input(names.INPUT_IDS, INT64, ["batch", "sequence"])
+    seqlens_k = builder.input(names.SEQLENS_K, INT32, ["batch"])
+    total = builder.input(names.TOTAL_SEQUENCE_LENGTH, INT32, [])
+    logits_to_keep = builder.input(names.LOGITS_START if on_cuda else names.NUM_LOGITS_TO_KEEP, INT64, [1])
     attention_inputs = _attention_inputs(builder, config, seqlens_k, total)
     epsilon = config.rms_norm_eps
 
     cache_shape = ["batch", config.num_key_value_heads, "capacity", config.head_dim]
-    embedded = blocks.embedding(builder, input_ids, weights.embed_tokens, "model.embed_tokens")
+    table, table_name = weights.embed_tokens, "model.embed_tokens"
+    if on_cuda and (widened := gather_layout_for_cuda(table)) is not table:
+        # A layout ORT's CUDA GatherBlockQuantized reads correctly, stored apart from the tied
+        # head's levels, which MatMulNBits reads correctly as they are.
+        table, table_name = widened, "model.embed_tokens.gathered"
+    embedded = blocks.embedding(builder, input_ids, table, table_name)
     residual = blocks.scaled(builder, embedded, config.embedding_scale, "model.embed_tokens/scaled")
     pending = None  # the last block's output, still to be added to the residual stream
     layers = progress.track(zip(weights.layers, config.layer_types, strict=True), "building layers", len(weights.layers))
@@ -65,28 +71,36 @@ def build_decoder(
             normed, residual = blocks.residual_rms_norm(
                 builder, pending, residual, layer.input_layernorm, epsilon, f"{prefix}.input_layernorm"
             )
-        past_key = builder.input(f"past_key_values.{index}.key", FLOAT, cache_shape)
-        past_value = builder.input(f"past_key_values.{index}.value", FLOAT, cache_shape)
+        past_key = builder.input(names.past_name(index, "key"), cache_type, cache_shape)
+        past_value = builder.input(names.past_name(index, "value"), cache_type, cache_shape)
         attended, present_key, present_value = blocks.attention(
-            builder, normed, layer, config, attention_inputs[kind], past_key, past_value, f"{prefix}.self_attn", accuracy
+            builder, builder.to_compute(normed), layer, config, attention_inputs[kind], past_key, past_value, f"{prefix}.self_attn", accuracy
         )
-        builder.expose(present_key, f"present.{index}.key", FLOAT, cache_shape)
-        builder.expose(present_value, f"present.{index}.value", FLOAT, cache_shape)
+        builder.expose(present_key, names.present_name(index, "key"), cache_type, cache_shape)
+        builder.expose(present_value, names.present_name(index, "value"), cache_type, cache_shape)
+        attended = builder.to_float32(attended)
         if layer.post_attention_layernorm is not None:
             attended = blocks.rms_norm(builder, attended, layer.post_attention_layernorm, epsilon, f"{prefix}.post_attention_layernorm")
         normed, residual = blocks.residual_rms_norm(
             builder, attended, residual, layer.pre_feedforward_layernorm, epsilon, f"{prefix}.pre_feedforward_layernorm"
         )
-        pending = blocks.gated_mlp(builder, normed, layer, config.hidden_activation, f"{prefix}.mlp", accuracy)
+        pending = blocks.gated_mlp(builder, builder.to_compute(normed), layer, config.hidden_activation, f"{prefix}.mlp", accuracy)
+        pending = builder.to_float32(pending)
         if layer.post_feedforward_layernorm is not None:
             pending = blocks.rms_norm(builder, pending, layer.post_feedforward_layernorm, epsilon, f"{prefix}.post_feedforward_layernorm")
 
-    kept = blocks.last_positions(builder, pending, logits_to_keep, "logits/pending")
-    kept_residual = blocks.last_positions(builder, residual, logits_to_keep, "logits/residual")
+    kept = blocks.last_positions(builder, pending, logits_to_keep, "logits/pending", negative=on_cuda)
+    kept_residual = blocks.last_positions(builder, residual, logits_to_keep, "logits/residual", negative=on_cuda)
     final, _ = blocks.residual_rms_norm(builder, kept, kept_residual, weights.norm, epsilon, "model.norm")
     head = weights.lm_head if weights.lm_head is not None else weights.embed_tokens
     head_weight_name = "lm_head" if weights.lm_head is not None else "model.embed_tokens"
-    logits = blocks.linear(builder, final, head, "lm_head", accuracy, weight_name=head_weight_name)
-    logits = blocks.soft_capped(builder, logits, config.final_logit_softcap, "logits/capped")
-    builder.expose(logits, "logits", FLOAT, ["batch", "num_logits_to_keep", config.vocab_size])
+    logits = blocks.linear(builder, builder.to_compute(final), head, "lm_head", accuracy, weight_name=head_weight_name)
+    logits = blocks.soft_capped(builder, builder.to_float32(logits), config.final_logit_softcap, "logits/capped")
+    builder.expose(logits, names.LOGITS, FLOAT, ["batch", "kept_positions", config.vocab_size])
+    if target.sampling_candidates:
+        temperatures = builder.input(names.TEMPERATURES, FLOAT, ["batch"])
+        ids, values, normalizer = blocks.sampling_candidates(builder, logits, temperatures, target.sampling_candidates)
+        builder.expose(ids, names.CANDIDATE_IDS, INT64, ["batch", target.sampling_candidates])
+        builder.expose(values, names.CANDIDATE_LOGITS, FLOAT, ["batch", target.sampling_candidates])
+        builder.expose(normalizer, names.LOG_NORMALIZER, FLOAT, ["batch"])
     return builder.model()

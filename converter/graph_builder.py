@@ -13,8 +13,10 @@ OPSET = 21
 
 
 class GraphBuilder:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, compute_type: int = TensorProto.FLOAT) -> None:
         self.name = name
+        # What matmuls, attention and the KV cache compute in (converter.targets).
+        self.compute_type = compute_type
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -35,8 +37,25 @@ class GraphBuilder:
         """Adds an initializer once; later calls with the same name reuse it (tied weights)."""
         if name not in self._initializer_names:
             self._initializer_names.add(name)
-            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(values), name))
+            values = np.asarray(values)  # ascontiguousarray would turn a scalar into a 1-element vector
+            self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(values) if values.ndim else values, name))
         return name
+
+    def compute_constant(self, name: str, values: np.ndarray) -> str:
+        """A float initializer stored in the compute type (scales, biases, rotary tables)."""
+        return self.constant(name, np.asarray(values, dtype=helper.tensor_dtype_to_np_dtype(self.compute_type)))
+
+    def to_compute(self, value: str) -> str:
+        """A float32 value cast to the compute type (itself when that is float32)."""
+        if self.compute_type == TensorProto.FLOAT:
+            return value
+        return self.op1("Cast", [value], f"{value}/to_compute", to=self.compute_type)
+
+    def to_float32(self, value: str) -> str:
+        """A compute-type value widened to float32 (itself when the graph computes in float32)."""
+        if self.compute_type == TensorProto.FLOAT:
+            return value
+        return self.op1("Cast", [value], f"{value}/to_float32", to=TensorProto.FLOAT)
 
     def op(self, op_type: str, inputs: list[str], name: str, outputs: int = 1, domain: str = "", **attributes) -> list[str]:
         """Adds a node named `name`; its outputs are `name/output_0` and so on."""
@@ -64,5 +83,6 @@ class GraphBuilder:
 
 
 FLOAT = TensorProto.FLOAT
+FLOAT16 = TensorProto.FLOAT16
 INT32 = TensorProto.INT32
 INT64 = TensorProto.INT64

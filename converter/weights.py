@@ -79,6 +79,25 @@ class BlockQuantizedWeight:
         return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1)
 
 
+def gather_layout_for_cuda(weight: LinearWeight) -> LinearWeight:
+    """The embedding table in a layout ORT's CUDA GatherBlockQuantized reads correctly: 4-bit
+    blocks with integer zero points (Q4_0, Q3_K) gathered wrong rows there (relative error 1.0,
+    measured on an H200 with onnxruntime-gpu 1.31), so their levels widen to one byte each,
+    exactly. Other layouts come back as they are (8-bit, and 4-bit with zero points of 0)."""
+    if not isinstance(weight, BlockQuantizedWeight) or weight.bits != 4 or not weight.zero_points.any():
+        return weight
+    return BlockQuantizedWeight(
+        packed=weight.unpacked_levels(),
+        scales=weight.scales,
+        zero_points=weight.zero_points,
+        bits=8,
+        block_size=weight.block_size,
+        in_features=weight.in_features,
+        source_type=weight.source_type,
+        minimums=weight.minimums,
+    )
+
+
 def _minimum_split(weight: BlockQuantizedWeight) -> tuple[np.ndarray, np.ndarray] | None:
     """Each block minimum as an integer zero-point shift and a float remainder (see
     fold_minimums), or None when the weight has no minimums or one is out of the shifts' reach."""

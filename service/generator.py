@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.batch_runner import BatchRunner, ModelShape
+from service.candidates import CandidateRow
 from service.sampler import Sampler
 
 # Long prompts go through the graph in chunks, bounding the activations a prefill needs.
@@ -80,11 +81,11 @@ class Generator(DecodeLoop):
     def forward(self, token_ids: list[int]) -> np.ndarray:
         """Appends tokens to the cache and returns the logits after the last one (a view, reused)."""
         if len(token_ids) == 1:  # the decode step's binding is kept between steps
-            logits = self.runner.decode(token_ids, [self.length])[0]
+            row = self.runner.decode(token_ids, [self.length])[0]
         else:
-            logits = self.runner.prefill(0, token_ids, self.length)
+            row = self.runner.prefill(0, token_ids, self.length)
         self.length += len(token_ids)
-        return logits
+        return row.full_logits() if isinstance(row, CandidateRow) else row
 
     def prompt_logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits after every position of a new sequence, (tokens, vocab): what scoring a text

@@ -1,6 +1,7 @@
 """Key/value buffers for a fixed number of sequence slots, allocated once and bound in place.
 
-Each layer's keys (and values) live in one (slots, kv_heads, capacity, head_dim) buffer.
+Each layer's keys (and values) live in one (slots, kv_heads, capacity, head_dim) buffer, of the
+graph's cache type (float32, or float16 for the CUDA target).
 GroupQueryAttention appends a step's keys and values in place when past and present are bound
 to the same memory, so a step allocates nothing and copies no cache. Slots are bound by
 address: a prefill binds one slot, a decode step the first `rows` slots as one batch.
@@ -14,25 +15,32 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from converter.graph_interface import past_name, present_name
+
 
 class SlotCache:
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int, slots: int = 1, device: str = "cpu") -> None:
+    def __init__(
+        self, layers: int, kv_heads: int, head_dim: int, capacity: int, slots: int = 1, device: str = "cpu", dtype=np.float32
+    ) -> None:
         self.capacity = capacity
         self.slots = slots
         self.device = device
+        self.dtype = np.dtype(dtype)
         self._shape = (kv_heads, capacity, head_dim)
-        self._slot_bytes = kv_heads * capacity * head_dim * np.dtype(np.float32).itemsize
+        self._slot_bytes = kv_heads * capacity * head_dim * self.dtype.itemsize
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
         self._values: dict[tuple[int, str], ort.OrtValue] = {}
         for layer in range(layers):
             for kind in ("key", "value"):
                 if device == "cpu":
-                    self._arrays[layer, kind] = np.zeros((slots, *self._shape), dtype=np.float32)
+                    self._arrays[layer, kind] = np.zeros((slots, *self._shape), dtype=self.dtype)
                 else:
                     self._values[layer, kind] = ort.OrtValue.ortvalue_from_shape_and_type(
-                        [slots, *self._shape], np.float32, device, 0
+                        [slots, *self._shape], self.dtype.type, device, 0
                     )
-        self.names = [(f"past_key_values.{layer}.{kind}", f"present.{layer}.{kind}", (layer, kind)) for layer in range(layers) for kind in ("key", "value")]
+        self.names = [
+            (past_name(layer, kind), present_name(layer, kind), (layer, kind)) for layer in range(layers) for kind in ("key", "value")
+        ]
 
     def _address(self, key: tuple[int, str]) -> int:
         if self.device == "cpu":
@@ -47,8 +55,8 @@ class SlotCache:
         offset = first_slot * self._slot_bytes
         for past, present, key in self.names:
             address = self._address(key) + offset
-            binding.bind_input(past, self.device, 0, np.float32, shape, address)
-            binding.bind_output(present, self.device, 0, np.float32, shape, address)
+            binding.bind_input(past, self.device, 0, self.dtype.type, shape, address)
+            binding.bind_output(present, self.device, 0, self.dtype.type, shape, address)
 
     def copy_prefix(self, source_slot: int, target_slot: int, length: int) -> None:
         """Copies the first `length` cached positions of one slot into another (CPU only)."""

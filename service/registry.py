@@ -85,7 +85,8 @@ def memory_estimate(folder: ModelFolder, capacity: int, slots: int) -> int:
     weights = sum(path.stat().st_size for path in folder.path.glob("model.onnx*"))
     config = folder.config
     if folder.graph_interface == "native":
-        per_token = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * 4
+        element_bytes = 2 if folder.manifest.get("target", {}).get("compute") == "float16" else 4
+        per_token = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * element_bytes
     else:
         per_token = 0  # optimum graphs grow their past per request; counted as weights only
     return weights + per_token * capacity * slots
@@ -157,14 +158,14 @@ class ModelRegistry:
         started = time.monotonic()
         options = entry.options
         try:
-            folder = ModelFolder.load(self._model_folder(entry))
+            placement = choose_placement(options.device or self.settings.device)
+            folder = ModelFolder.load(self._model_folder(entry, placement.device))
             entry.status = LOADING
             entry.progress = {}
             capacity = min(options.max_context or self.settings.max_context, folder.context_length)
             slots = options.max_batch or self.settings.max_batch
             self._reserve(entry, memory_estimate(folder, capacity, slots))
             limits = EngineLimits(slots, self.settings.max_waiting, self.settings.queue_timeout)
-            placement = choose_placement(options.device or self.settings.device)
             engine = Engine(folder, placement, capacity, self.settings.threads, limits)
             if self._entries.get(entry.model_id) is not entry:  # unloaded while loading
                 engine.close()
@@ -194,12 +195,15 @@ class ModelRegistry:
                 )
             entry.memory_bytes = needed
 
-    def _model_folder(self, entry: ModelEntry) -> Path:
+    def _model_folder(self, entry: ModelEntry, device: str) -> Path:
+        """The entry's model folder, converted for `device` (a graph built for it) when the
+        source is not a converted folder already."""
         source = entry.source
         if not source.exists():
             raise FileNotFoundError(f"model source {source} does not exist")
         if source.is_dir() and (source / "manifest.json").is_file():
             return source
         entry.status = CONVERTING
-        conversion = ConversionOptions(quant=entry.options.quant, activations=entry.options.activations or self.settings.activations)
+        activations = entry.options.activations or (self.settings.activations if device == "cpu" else None)
+        conversion = ConversionOptions(quant=entry.options.quant, activations=activations, device=device)
         return cached_conversion(source, self.settings.models_dir, conversion, _EntryProgress(entry))

@@ -5,6 +5,11 @@ Order: logit_bias -> repetition_penalty -> presence/frequency -> (greedy if temp
 stream over vocabularies of up to 262144, so every step is a linear pass at most: the caller's
 logits are copied only when a bias or penalty changes them, penalties touch only the tokens
 seen so far, and no step sorts the whole vocabulary (unless all of it ties).
+
+A graph built with sampling candidates (the CUDA target) hands over a CandidateRow instead of
+logits: the sampler then draws from the candidates whenever they decide the draw exactly, and
+downloads the row's logits only when they do not, or when the request needs every logit
+(logprobs, bias, penalties).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from service.candidates import CandidateRow
 
 MAX_TOP_LOGPROBS = 20
 
@@ -120,19 +127,86 @@ class Sampler:
         # Reused across calls: fresh vocabulary-sized arrays each token cost page faults.
         self._scores: np.ndarray | None = None
         self._weights: np.ndarray | None = None
+        # A plain draw that fell beyond the candidates: (candidate ids, the draw's target in
+        # probability) for _draw_beyond_candidates, which walks on through the other tokens.
+        self._tail_target: tuple[np.ndarray, float] | None = None
 
-    def __call__(self, logits: np.ndarray) -> SampledToken:
-        """Chooses the next token from one row of float32 logits (vocab,), and remembers it for the penalties."""
-        scores = self._adjusted(logits)
-        if self.params.temperature == 0 or self.params.top_k == 1:
-            token_id = int(np.argmax(scores))
+    @property
+    def needs_every_logit(self) -> bool:
+        """Whether choosing a token reads the whole row: log-probabilities, bias and penalties do."""
+        return self.params.logprobs or bool(self._bias_ids.size) or self._seen is not None or self._generated is not None
+
+    def __call__(self, logits: np.ndarray | CandidateRow) -> SampledToken:
+        """Chooses the next token from one row of float32 logits (vocab,) or its candidates, and
+        remembers it for the penalties."""
+        if isinstance(logits, CandidateRow):
+            token_id = None if self.needs_every_logit else self._from_candidates(logits)
+            if token_id is None:
+                logits = logits.full_logits()
+                token_id = self._draw_beyond_candidates(logits) if self._tail_target else self._choose(logits)
         else:
-            token_id = self._draw(scores)
+            token_id = self._choose(logits)
         if self._seen is not None:
             self._seen.add(token_id)
         if self._generated is not None:
             self._generated.add(token_id)
         return self._sampled(logits, token_id)
+
+    def _choose(self, logits: np.ndarray) -> int:
+        scores = self._adjusted(logits)
+        if self.params.temperature == 0 or self.params.top_k == 1:
+            return int(np.argmax(scores))
+        return self._draw(scores)
+
+    def _from_candidates(self, row: CandidateRow) -> int | None:
+        """The token drawn from the candidates, or None when they cannot decide it exactly (the
+        caller then reads the whole row). Same filters as _draw: top_k, then top_p, then min_p."""
+        params = self.params
+        if params.temperature == 0 or params.top_k == 1:
+            return int(row.ids[0])
+        count = row.ids.size
+        if params.top_k > count or row.temperature != params.temperature:
+            return None
+        if params.top_k:  # the kept tokens are all candidates: renormalize among them
+            weights = np.exp((row.logits[: params.top_k] - row.logits[0]) / params.temperature, dtype=np.float64)
+            probabilities = weights / weights.sum()
+        else:
+            probabilities = np.exp(row.logits.astype(np.float64) / params.temperature - row.log_normalizer)
+        kept = probabilities.size
+        if params.top_p < 1.0:
+            cumulative = np.cumsum(probabilities)
+            if cumulative[-1] < params.top_p and not params.top_k:
+                return None  # the nucleus reaches beyond the candidates
+            kept = min(int(np.searchsorted(cumulative, params.top_p, side="left")) + 1, kept)
+        if params.min_p > 0.0:
+            floor = params.min_p * probabilities[0]
+            if not params.top_k and kept == count and probabilities[-1] >= floor:
+                return None  # tokens beyond the candidates may reach the floor
+            kept = min(kept, int(np.count_nonzero(probabilities >= floor)))
+        if params.top_k or kept < count or params.top_p < 1.0 or params.min_p > 0.0:
+            return int(row.ids[self._draw_index(probabilities[:kept])])
+        # A plain draw over the whole vocabulary: the candidates cover the first part of it.
+        target = self.random.random()
+        cumulative = np.cumsum(probabilities)
+        if target < cumulative[-1]:
+            return int(row.ids[_index_at(cumulative, target)])
+        self._tail_target = (row.ids, target - float(cumulative[-1]))
+        return None
+
+    def _draw_beyond_candidates(self, logits: np.ndarray) -> int:
+        """Finishes a plain draw whose target passed the candidates' mass: the same target walks
+        on through the other tokens in id order, so the draw stays exact."""
+        candidate_ids, remaining = self._tail_target
+        self._tail_target = None
+        scaled = logits.astype(np.float64) / self.params.temperature
+        peak = scaled.max()
+        weights = np.exp(scaled - peak)
+        weights /= weights.sum()
+        weights[candidate_ids] = 0.0
+        cumulative = np.cumsum(weights)
+        if remaining >= cumulative[-1]:  # rounding at the very end of the distribution
+            return int(np.flatnonzero(weights)[-1]) if cumulative[-1] > 0 else int(candidate_ids[-1])
+        return _index_at(cumulative, remaining)
 
     def _adjusted(self, logits: np.ndarray) -> np.ndarray:
         """The logits after bias and penalties; the caller's own array when nothing changes them."""
