@@ -4,6 +4,11 @@ bytes, messages, prompt tokens, max_tokens).
 Tokens per minute are charged at admission as prompt tokens plus the completion budget
 (max_tokens, or the rest of the context when none is given, times `n`), and not corrected
 afterwards: a key can never run past its budget, at the cost of counting short answers in full.
+A request the engine refuses (server_busy, queue_timeout) gets its tokens back: only what runs
+is charged.
+
+Concurrent streams count generations, whatever the transport: an HTTP generation request holds
+a place while it runs, and so does each chat completion running on a WebSocket.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from service.auth import ApiKey, refuse
 from service.errors import APIError
 from service.sequence import GenerationRequest
 
-# Paths whose requests each hold a stream slot while they run.
-STREAMING_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/ws"})
+# Paths whose HTTP requests each hold a stream place while they run (a WebSocket holds one per
+# chat completion running on it: take_stream).
+STREAMING_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 @dataclass
@@ -33,6 +39,9 @@ class TokenBucket:
 
     def __post_init__(self) -> None:
         self.level = float(self.per_minute)
+
+    def give_back(self, amount: float) -> None:
+        self.level = min(self.per_minute, self.level + amount)
 
     def take(self, amount: float) -> float:
         """Takes `amount` and returns 0, or takes nothing and returns the seconds until it could."""
@@ -55,6 +64,17 @@ class KeyLimits:
     @classmethod
     def of(cls, key: ApiKey) -> KeyLimits:
         return cls(key, TokenBucket(key.rpm) if key.rpm else None, TokenBucket(key.tpm) if key.tpm else None)
+
+    def take_stream(self) -> None:
+        """Takes one of the key's concurrent generations (give it back with release_stream),
+        or refuses (429)."""
+        if self.key.streams and self.streams_open >= self.key.streams:
+            message = f"this key may run {self.key.streams} concurrent streams; one must end first"
+            raise _rate_limited(message, "concurrent_streams", 1)
+        self.streams_open += 1
+
+    def release_stream(self) -> None:
+        self.streams_open -= 1
 
 
 def _rate_limited(message: str, code: str, wait: float) -> APIError:
@@ -87,21 +107,21 @@ class RateLimitMiddleware:
         if scope["path"] not in STREAMING_PATHS or not key.streams:
             await self.app(scope, receive, send)
             return
-        if limits.streams_open >= key.streams:
-            message = f"this key may run {key.streams} concurrent streams; one must end first"
-            await refuse(scope, receive, send, _rate_limited(message, "concurrent_streams", 1))
+        try:
+            limits.take_stream()
+        except APIError as error:
+            await refuse(scope, receive, send, error)
             return
-        limits.streams_open += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            limits.streams_open -= 1
+            limits.release_stream()
 
 
 def charge_request(connection: HTTPConnection) -> None:
     """Charges one request to its key's requests-per-minute budget, or refuses it (429): for the
     second and later requests on one WebSocket, whose handshake paid for the first."""
-    limits: KeyLimits | None = connection.scope.get("state", {}).get("key_limits")
+    limits = _limits_of(connection)
     if limits is None or limits.requests is None:
         return
     if wait := limits.requests.take(1):
@@ -109,11 +129,40 @@ def charge_request(connection: HTTPConnection) -> None:
         raise _rate_limited(message, "requests_per_minute", wait)
 
 
-def charge_tokens(connection: HTTPConnection, tokens: int) -> None:
+def _limits_of(connection: HTTPConnection) -> KeyLimits | None:
+    return connection.scope.get("state", {}).get("key_limits")
+
+
+def take_stream(connection: HTTPConnection) -> None:
+    """Takes one of the key's concurrent generations for a chat completion on a WebSocket (an
+    HTTP request's is taken by RateLimitMiddleware), or refuses it (429)."""
+    if (limits := _limits_of(connection)) is not None:
+        limits.take_stream()
+
+
+def release_stream(connection: HTTPConnection) -> None:
+    if (limits := _limits_of(connection)) is not None:
+        limits.release_stream()
+
+
+@dataclass
+class Charge:
+    """Tokens charged to a key for one admission, to give back if the engine refuses it."""
+
+    bucket: TokenBucket | None = None
+    tokens: int = 0
+
+    def refund(self) -> None:
+        if self.bucket is not None:
+            self.bucket.give_back(self.tokens)
+            self.bucket = None
+
+
+def charge_tokens(connection: HTTPConnection, tokens: int) -> Charge:
     """Charges a generation's tokens to its key's tokens-per-minute budget, or refuses it (429)."""
-    limits: KeyLimits | None = connection.scope.get("state", {}).get("key_limits")
+    limits = _limits_of(connection)
     if limits is None or limits.tokens is None:
-        return
+        return Charge()
     if tokens > limits.key.tpm:
         raise APIError(
             429, f"this request needs {tokens} tokens (prompt plus max_tokens); this key may use {limits.key.tpm} per minute (tpm)",
@@ -122,6 +171,7 @@ def charge_tokens(connection: HTTPConnection, tokens: int) -> None:
     if wait := limits.tokens.take(tokens):
         message = f"this key may use {limits.key.tpm} tokens per minute (tpm); retry in {math.ceil(wait)}s"
         raise _rate_limited(message, "tokens_per_minute", wait)
+    return Charge(limits.tokens, tokens)
 
 
 class BodySizeLimitMiddleware:
@@ -189,10 +239,11 @@ class Guards:
             )
 
 
-def check_admission(connection: HTTPConnection, requests: list[GenerationRequest], prompt_param: str) -> None:
+def check_admission(connection: HTTPConnection, requests: list[GenerationRequest], prompt_param: str) -> Charge:
     """Before requests reach the engine: each prompt within --max-prompt-tokens, and every
-    request's prompt plus completion budget charged to the key's tokens per minute."""
+    request's prompt plus completion budget charged to the key's tokens per minute; refund the
+    charge if the engine refuses them."""
     guards: Guards = connection.app.state.guards
     for request in requests:
         guards.check_prompt(len(request.prompt_ids), prompt_param)
-    charge_tokens(connection, sum(len(request.prompt_ids) + request.max_new_tokens for request in requests))
+    return charge_tokens(connection, sum(len(request.prompt_ids) + request.max_new_tokens for request in requests))

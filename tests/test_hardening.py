@@ -4,6 +4,7 @@ hostile searches, input that once gave 500s, clients that leave, a full disk, cr
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -13,6 +14,7 @@ from websockets.sync.client import connect
 
 from tests.support import ServiceProcess
 from tests.test_api import assert_error
+from tests.test_security import bearer, create_key
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2, "seed": 1}
 
@@ -89,3 +91,120 @@ def test_a_search_of_only_whitespace_or_nul_matches_nothing(server, query):
     create_session(server, system_prompt="something to find")
     response = httpx.get(f"{server.url}/v1/sessions", params={"q": query}, timeout=30)
     assert response.status_code == 200 and response.json()["data"] == [], response.text
+
+
+# A server of the real SmolLM2 whose two slots long answers can hold, with keys of each limit.
+
+SMOL = "SmolLM2-135M-Instruct"
+# Runs for a minute or more unless stopped.
+LONG = {"model": SMOL, "messages": [{"role": "user", "content": "Write a very long story."}], "max_tokens": 1500,
+        "ignore_eos": True, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, object]:
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.json"
+    return {
+        "file": keys_file,
+        "filler": create_key(keys_file, "--name", "filler"),
+        "two_streams": create_key(keys_file, "--name", "two-streams", "--streams", "2"),
+        "budget": create_key(keys_file, "--name", "budget", "--tpm", "500"),
+    }
+
+
+@pytest.fixture(scope="module")
+def smol_server(smollm2_model_dir, keys, artifacts):
+    process = ServiceProcess(
+        "--model", f"{SMOL}={smollm2_model_dir}", "--keys-file", str(keys["file"]),
+        "--max-batch", "2", "--max-waiting", "0", "--max-context", "2048",
+        log_path=artifacts / "hardening_smol_server.log",
+    )
+    yield process
+    process.stop()
+
+
+def running(server, key: str) -> int:
+    metrics = httpx.get(f"{server.url}/metrics", headers=bearer(key), timeout=30).text
+    return int(float(re.search(r'^llm_num_requests_running\{model="[^"]+"\} (\S+)$', metrics, re.MULTILINE).group(1)))
+
+
+def wait_until(condition, timeout: float) -> float:
+    """Seconds until `condition()` held; fails after `timeout`."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"not within {timeout}s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def socket_of(server, key: str):
+    return connect(server.url.replace("http://", "ws://", 1) + f"/v1/ws?api_key={key}", open_timeout=30)
+
+
+def start(socket, request_id: str, body: dict) -> None:
+    """Sends a chat completion; first_event says whether it streams (a chunk) or was refused."""
+    socket.send(json.dumps({"type": "chat.completion", "id": request_id, **body}))
+
+
+def first_event(socket, request_id: str) -> dict:
+    while True:
+        event = json.loads(socket.recv(timeout=120))
+        if event.get("id") == request_id:
+            return event
+
+
+# 3. A non-streaming request whose client leaves.
+
+
+def test_a_non_streaming_generation_stops_when_its_client_leaves(smol_server, keys):
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{smol_server.url}/v1/chat/completions", json=LONG, headers=bearer(keys["filler"]), timeout=3)
+    assert wait_until(lambda: running(smol_server, keys["filler"]) == 0, timeout=10) < 1
+
+
+# 6. A key's concurrent streams count its WebSocket generations.
+
+
+def test_a_keys_stream_limit_counts_its_generations_on_one_websocket(smol_server, keys):
+    wait_until(lambda: running(smol_server, keys["filler"]) == 0, timeout=30)
+    with socket_of(smol_server, keys["two_streams"]) as socket:
+        for request_id in ("a", "b"):
+            start(socket, request_id, LONG)
+            assert first_event(socket, request_id)["type"] == "chat.completion.chunk"
+        start(socket, "c", {**LONG, "max_tokens": 2})
+        refused = first_event(socket, "c")
+    assert refused["type"] == "error" and refused["error"]["code"] == "concurrent_streams", refused
+
+
+def test_a_keys_stream_limit_counts_its_generations_across_websockets(smol_server, keys):
+    wait_until(lambda: running(smol_server, keys["filler"]) == 0, timeout=30)
+    with socket_of(smol_server, keys["two_streams"]) as first, socket_of(smol_server, keys["two_streams"]) as second:
+        start(first, "a", LONG)
+        assert first_event(first, "a")["type"] == "chat.completion.chunk"
+        start(second, "b", LONG)
+        assert first_event(second, "b")["type"] == "chat.completion.chunk"
+        start(second, "c", {**LONG, "max_tokens": 2})
+        refused = first_event(second, "c")
+    assert refused["type"] == "error" and refused["error"]["code"] == "concurrent_streams", refused
+
+
+# 7. Refused requests do not spend the token budget.
+
+
+def test_requests_refused_while_the_server_is_full_spend_no_tokens(smol_server, keys):
+    wait_until(lambda: running(smol_server, keys["filler"]) == 0, timeout=30)
+    costly = {**LONG, "max_tokens": 150}  # about 180 tokens with the prompt: three are more than 500
+    with socket_of(smol_server, keys["filler"]) as socket:
+        for request_id in ("a", "b"):
+            start(socket, request_id, LONG)
+            assert first_event(socket, request_id)["type"] == "chat.completion.chunk"
+        refusals = [
+            httpx.post(f"{smol_server.url}/v1/chat/completions", json=costly, headers=bearer(keys["budget"]), timeout=60)
+            for _ in range(3)
+        ]
+    wait_until(lambda: running(smol_server, keys["filler"]) == 0, timeout=30)
+    answered = httpx.post(f"{smol_server.url}/v1/chat/completions", json={**costly, "max_tokens": 8},
+                          headers=bearer(keys["budget"]), timeout=120)
+
+    assert [response.json()["error"]["code"] for response in refusals] == ["server_busy"] * 3
+    assert answered.status_code == 200, answered.text

@@ -223,11 +223,23 @@ def test_requests_past_the_keys_rpm_get_429_with_retry_after(limited_server):
 
 def test_a_second_stream_past_the_keys_limit_gets_429(limited_server):
     server, keys, _ = limited_server
-    with connect(server.url.replace("http://", "ws://") + "/v1/ws", additional_headers=bearer(keys["streams"]), open_timeout=30):
-        response = call(server, "POST", "/v1/chat/completions", CHAT, key=keys["streams"])
+    running = {**CHAT, "type": "chat.completion", "max_tokens": 200, "ignore_eos": True, "seed": 1}
+    with connect(server.url.replace("http://", "ws://") + "/v1/ws", additional_headers=bearer(keys["streams"]), open_timeout=30) as socket:
+        socket.send(json.dumps({**running, "id": "a"}))
+        socket.send(json.dumps({**running, "id": "b"}))  # read while "a" generates
+        refused = json.loads(socket.recv(timeout=60))
+        while refused["id"] != "b":
+            refused = json.loads(socket.recv(timeout=60))
 
-    assert (response.status_code, response.json()["error"]["code"]) == (429, "concurrent_streams")
-    assert "retry-after" in response.headers
+    assert (refused["type"], refused["status"], refused["error"]["code"]) == ("error", 429, "concurrent_streams")
+
+
+def test_an_open_socket_without_a_generation_is_no_stream(limited_server):
+    server, keys, _ = limited_server
+    with connect(server.url.replace("http://", "ws://") + "/v1/ws", additional_headers=bearer(keys["streams"]), open_timeout=30):
+        response = call(server, "POST", "/v1/chat/completions", {**CHAT, "seed": 1}, key=keys["streams"])
+
+    assert response.status_code == 200, response.text
 
 
 def test_a_request_past_the_keys_tpm_gets_429(limited_server):

@@ -79,8 +79,12 @@ async def create_chat_completion(request: Request) -> Response:
     history = await session_history(request, body.session_id) if body.session_id is not None else None
     prompt_ids = chat_prompt_ids(engine, body, history)
     requests = generation.choices_of(chat_generation_request(engine, body, prompt_ids), body.n)
-    limits.check_admission(request, requests, "messages")
-    tickets = await generation.admit(engine, requests)
+    charge = limits.check_admission(request, requests, "messages")
+    try:
+        tickets = await generation.admit(engine, requests)
+    except BaseException:
+        charge.refund()  # only what runs is charged
+        raise
     tickets = observe_generation(request, "chat", entry.model_id, tickets, len(prompt_ids), requests[0])
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -96,7 +100,7 @@ async def create_chat_completion(request: Request) -> Response:
         )
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    choices = await generation.collect(tickets)
+    choices = await generation.collect(tickets, request)
     # A session keeps choice 0 when n > 1; the turn is stored before the client sees the answer.
     if history is not None and worth_remembering([choice.finished for choice in choices]):
         await history.append_turn(engine, body.messages, "".join(choices[0].text))

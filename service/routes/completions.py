@@ -81,8 +81,12 @@ async def create_completion(request: Request) -> Response:
     requests = [
         choice for ids in prompts for choice in generation.choices_of(_generation_request(engine, body, ids), body.n)
     ]
-    limits.check_admission(request, requests, "prompt")
-    tickets = await generation.admit(engine, requests)
+    charge = limits.check_admission(request, requests, "prompt")
+    try:
+        tickets = await generation.admit(engine, requests)
+    except BaseException:
+        charge.refund()  # only what runs is charged
+        raise
     prompt_tokens = sum(len(ids) for ids in prompts)
     tickets = observe_generation(request, "text_completion", entry.model_id, tickets, prompt_tokens, requests[0])
     completion_id = f"cmpl-{uuid.uuid4().hex}"
@@ -96,7 +100,7 @@ async def create_completion(request: Request) -> Response:
         )
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
-    choices = await generation.collect(tickets)
+    choices = await generation.collect(tickets, request)
     result = []
     for index, choice in enumerate(choices):
         text = echoes[index] + "".join(choice.text)

@@ -8,6 +8,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
+from starlette.requests import Request
+
 from service.engine import Engine, EngineBusy, Failed, Finished, GenerationRequest, PromptScores, TextDelta, Ticket
 from service.errors import APIError
 from service.sampler import SamplingParams
@@ -98,7 +100,17 @@ class Choice:
     finished: Finished | None = None
 
 
-async def collect(tickets: list[Ticket]) -> list[Choice]:
+async def client_gone(connection: Request) -> None:
+    """Returns once the client has closed its connection. Its body was read whole before, so
+    the next message the server has for this request is the disconnect."""
+    while (await connection.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect(tickets: list[Ticket], connection: Request) -> list[Choice]:
+    """Every choice gathered whole; if the client leaves first, the generations are cancelled
+    at once (as a stream's are) and 499 `client_closed_request` is raised for the logs."""
+
     async def one(ticket: Ticket) -> Choice:
         choice = Choice()
         async for event in ticket.events():
@@ -115,11 +127,19 @@ async def collect(tickets: list[Ticket]) -> list[Choice]:
         return choice
 
     tasks = [asyncio.ensure_future(one(ticket)) for ticket in tickets]
+    gathered = asyncio.gather(*tasks)
+    watcher = asyncio.ensure_future(client_gone(connection))
     try:
-        return list(await asyncio.gather(*tasks))
+        await asyncio.wait([gathered, watcher], return_when=asyncio.FIRST_COMPLETED)
+        if not gathered.done():
+            raise APIError(
+                499, "the client closed the connection before the answer was ready",
+                code="client_closed_request", error_type="invalid_request_error",
+            )
+        return list(gathered.result())
     finally:
-        for task in tasks:
-            task.cancel()
+        watcher.cancel()
+        gathered.cancel()
         for ticket in tickets:
             ticket.cancel()
 

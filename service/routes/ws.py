@@ -156,10 +156,15 @@ class ChatSocket:
         history = await session_history(self.websocket, body.session_id) if body.session_id is not None else None
         prompt_ids = chat.chat_prompt_ids(entry.engine, body, history)
         requests = generation.choices_of(chat.chat_generation_request(entry.engine, body, prompt_ids), body.n)
-        limits.check_admission(self.websocket, requests, "messages")
-        self.requests[request_id] = asyncio.create_task(
-            self.complete(request_id, entry, body, len(prompt_ids), requests, history, started_ns)
-        )
+        limits.take_stream(self.websocket)  # the key's streams count generations, not sockets
+        try:
+            charge = limits.check_admission(self.websocket, requests, "messages")
+        except BaseException:
+            limits.release_stream(self.websocket)
+            raise
+        task = asyncio.create_task(self.complete(request_id, entry, body, len(prompt_ids), requests, history, started_ns, charge))
+        task.add_done_callback(lambda _: limits.release_stream(self.websocket))  # however it ends, even unstarted
+        self.requests[request_id] = task
 
     async def cancel(self, request_id: str) -> None:
         task = self.requests.pop(request_id, None)
@@ -177,8 +182,10 @@ class ChatSocket:
         requests: list[GenerationRequest],
         history: SessionHistory | None,
         started_ns: int,
+        charge: limits.Charge,
     ) -> None:
-        """Streams one request's chunks and ends it with `done`, or `error` when it is refused or fails."""
+        """Streams one request's chunks and ends it with `done`, or `error` when it is refused or
+        fails; a refused request's tokens go back to its key."""
         engine = entry.engine
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -189,8 +196,13 @@ class ChatSocket:
             return {"type": "chat.completion.chunk", "id": request_id, "chunk": chunks(*arguments, **options)}
 
         try:
+            try:
+                admitted = await generation.admit(engine, requests)
+            except BaseException:
+                charge.refund()
+                raise
             tickets = observe_generation(
-                self.websocket, "chat", entry.model_id, await generation.admit(engine, requests), prompt_tokens, requests[0],
+                self.websocket, "chat", entry.model_id, admitted, prompt_tokens, requests[0],
                 started_ns=started_ns, log_fields={"request_id": request_id, "transport": "websocket"},
                 on_done=lambda fields: log.info("websocket request", extra=fields),
             )
