@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: its arrays have no single truth value
 class CandidateRow:
     ids: np.ndarray  # int64 (candidates,), most likely first
     logits: np.ndarray  # float32 (candidates,), their raw logits
