@@ -12,6 +12,14 @@ lowest slots: a new one takes the lowest free slot (its reusable prefix copied i
 above a slot that frees up moves down. Moves exchange cache contents, so they lose no cached
 prefix (see _choose_slot for which cache is given up).
 
+A sampled token never depends on how its prompt was computed. The kernels round differently for a
+prompt chunk than for a decode row (GroupQueryAttention takes another path for a single query), so
+a prompt's tokens but the last are prefilled in chunks of at least two, and its last token runs
+as a decode row, like every generated token; a cached prefix is reused only as far as a prefill
+computed it. A decode row's result must not depend on the other rows either: where the graph's
+kernels make it depend (float activations on CPU take another path for one row than for
+several), rows run one at a time.
+
 Requests wait in a bounded queue: a full queue refuses new ones at once (EngineBusy), and one
 that gets no slot within `queue_timeout` seconds fails with code "queue_timeout".
 """
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.batch_runner import BatchRunner, SerialRunner
+from service.candidates import CandidateRow
 from service.detokenizer import Detokenizer
 from service.dynamic_generator import DynamicCacheGenerator
 from service.event_courier import EventCourier
@@ -81,6 +90,7 @@ class EngineLimits:
 class _Slot:
     tokens: list[int]  # what its cache holds, for prefix reuse once it is idle
     prompt_length: int = 0  # of those, how many were the prompt (the rest were generated)
+    prefilled: int = 0  # of those, how many a prefill computed: only these may stand in for a new prompt's
     last_used: float = 0.0
     sequence: Sequence | None = None
 
@@ -128,6 +138,7 @@ class Engine:
             shape = ModelShape.from_config(folder.config)
             self.runner = BatchRunner(session, shape, capacity, limits.slots, placement.device)
         self._slots = [_Slot([]) for _ in range(self.runner.slots)]
+        self._rows_alone = not self._rows_are_independent()
         self._waiting: deque[Sequence] = deque()
         self._condition = threading.Condition()
         self._closing = False
@@ -290,7 +301,8 @@ class Engine:
             for index in free:
                 cached = self._slots[index].tokens
                 length = 0
-                limit = min(len(cached), len(prompt) - 1)  # one prompt token must run to give logits
+                # The prompt's last token runs as a decode row, so it is never reused.
+                limit = min(self._slots[index].prefilled, len(prompt) - 1)
                 while length < limit and cached[length] == prompt[length]:
                     length += 1
                 if length > best_length:
@@ -305,6 +317,7 @@ class Engine:
             slot = self._slots[index]
             slot.tokens = slot.tokens[:length]
             slot.prompt_length = min(slot.prompt_length, length)
+            slot.prefilled = min(slot.prefilled, length)
             if slot.sequence is not None:
                 slot.sequence.slot = index
 
@@ -333,6 +346,7 @@ class Engine:
         sequence = slot.sequence
         slot.tokens = sequence.cached_tokens() if keep_cache and sequence is not None else []
         slot.prompt_length = min(len(sequence.request.prompt_ids), len(slot.tokens)) if sequence is not None else 0
+        slot.prefilled = min(len(sequence.request.prompt_ids) - 1, len(slot.tokens)) if sequence is not None else 0
         slot.last_used = time.perf_counter()
         slot.sequence = None
 
@@ -348,40 +362,63 @@ class Engine:
         prefilling = [sequence for sequence in active if sequence.state == PREFILLING]
         if prefilling:
             self._prefill(min(prefilling, key=lambda sequence: sequence.submitted), interleaved=bool(decoding))
+            decoding = [sequence for sequence in active if sequence.state == DECODING]
         if decoding:
             self._decode(decoding)
 
     def _prefill(self, sequence: Sequence, interleaved: bool) -> None:
+        """Runs the next chunk of the prompt but its last token. Once those are cached, the last
+        token waits for the decode step, whose row gives the logits of the first sampled token."""
         prompt = sequence.request.prompt_ids
         scoring = sequence.request.prompt_logprobs is not None
-        size = INTERLEAVED_PREFILL_CHUNK if interleaved else PREFILL_CHUNK
+        last = len(prompt) - 1
         start = sequence.cached
-        chunk = prompt[start : start + size]
-        logits = self.runner.prefill(sequence.slot, chunk, start, all_positions=scoring)
-        sequence.cached += len(chunk)
-        if scoring:
-            sequence.prompt_logits.append(logits.copy())
-        if sequence.cached < len(prompt):
-            return
-        if scoring:
-            everything = np.concatenate(sequence.prompt_logits)
-            sequence.emit(prompt_scores(prompt, everything, sequence.request.prompt_logprobs))
-            logits = everything[-1]
+        if start < last:
+            end = min(start + (INTERLEAVED_PREFILL_CHUNK if interleaved else PREFILL_CHUNK), last)
+            if last - end == 1:  # leave two tokens for the next chunk, not a lone one
+                end -= 1
+            chunk = prompt[start:end]
+            if len(chunk) == 1 and self.runner.supports_prefix_reuse:
+                # A lone token would be computed as a decode row: it runs beside the prompt's
+                # last token instead, whose keys and values that token's decode row rewrites.
+                chunk = prompt[start : start + 2]
+            logits = self.runner.prefill(sequence.slot, chunk, start, all_positions=scoring)
+            sequence.cached = end
+            if scoring:
+                sequence.prompt_logits.append(logits[: end - start].copy())
+            if end < last:
+                return
+        if scoring:  # the logits before each prompt token but the first: all that scores need
+            before = np.concatenate(sequence.prompt_logits) if sequence.prompt_logits else np.empty((0, 0), np.float32)
+            sequence.emit(prompt_scores(prompt, before, sequence.request.prompt_logprobs))
         if sequence.request.max_new_tokens == 0:  # scoring only (echo with max_tokens 0)
             sequence.finish("length")
             self._release(self._slots[sequence.slot])
-        elif sequence.take(logits, self.capacity):
-            self._release(self._slots[sequence.slot])
+        elif last == 0:
+            # Nothing to prefill: the one token runs now, alone, which computes it as a decode
+            # row is computed (and starts a serial runner's new sequence).
+            sequence.cached = 1
+            logits = self.runner.prefill(sequence.slot, prompt, 0, temperature=sequence.request.sampling.temperature)
+            if sequence.take(logits, self.capacity):
+                self._release(self._slots[sequence.slot])
+        else:
+            sequence.pending = prompt[-1]
+            sequence.state = DECODING
 
     def _decode(self, decoding: list[Sequence]) -> None:
-        rows = max(sequence.slot for sequence in decoding) + 1
+        if self._rows_alone and max(sequence.slot for sequence in decoding) > 0:
+            self._decode_one_row_at_a_time(decoding)
+            return
+        rows = self.runner.decode_rows(max(sequence.slot for sequence in decoding) + 1)
         tokens = [0] * rows
+        temperatures = [0.0] * rows
         positions = []
         for index in range(rows):
             slot = self._slots[index]
             sequence = slot.sequence
             if sequence is not None and sequence.state == DECODING:
                 tokens[index] = sequence.pending
+                temperatures[index] = sequence.request.sampling.temperature
                 positions.append(sequence.cached)
             else:
                 # A row with no token to add still runs: it writes one throwaway position just
@@ -391,10 +428,36 @@ class Engine:
                     slot.tokens = slot.tokens[: self.capacity - 1]
                     held = self.capacity - 1
                 positions.append(held)
-        logits = self.runner.decode(tokens, positions)
+        logits = self.runner.decode(tokens, positions, temperatures)
         self.batch_sizes[len(decoding)] += 1
         self.idle_rows += rows - len(decoding)
         for sequence in decoding:
             sequence.cached += 1
             if sequence.take(logits[sequence.slot], self.capacity):
                 self._release(self._slots[sequence.slot])
+
+    def _decode_one_row_at_a_time(self, decoding: list[Sequence]) -> None:
+        """A decode step for a graph whose rows depend on each other: each sequence's token runs
+        alone (a one-token prefill is a decode row of one)."""
+        self.batch_sizes[len(decoding)] += 1
+        for sequence in decoding:
+            logits = self.runner.prefill(
+                sequence.slot, [sequence.pending], sequence.cached, temperature=sequence.request.sampling.temperature
+            )
+            sequence.cached += 1
+            if sequence.take(logits, self.capacity):
+                self._release(self._slots[sequence.slot])
+
+    def _rows_are_independent(self) -> bool:
+        """Whether a decode row's logits have the same bits alone and beside other rows. Kernels
+        may take another path for one row than for several (ONNX Runtime's float-activation
+        MatMulNBits does on CPU), so this is measured once, on slots still empty."""
+        if self.runner.slots < 2:
+            return True
+
+        def first_row(rows: int) -> np.ndarray:
+            row = self.runner.decode([1] + [2] * (rows - 1), [0] * rows)[0]
+            return np.array(row.full_logits() if isinstance(row, CandidateRow) else row)
+
+        alone = first_row(1)
+        return all(np.array_equal(alone, first_row(rows)) for rows in sorted({2, self.runner.slots}))

@@ -73,7 +73,7 @@ def test_batched_answers_equal_one_at_a_time_answers(folder):
     assert batched == [one_at_a_time(folder, prompt, 24) for prompt in prompts]
 
 
-def test_a_follow_up_turn_reuses_the_cached_conversation(folder):
+def test_a_follow_up_turn_reuses_what_a_prefill_computed_of_the_cached_conversation(folder):
     engine = make_engine(folder, slots=2)
     first_prompt = chat_prompt(folder, QUESTIONS[0])
     try:
@@ -84,7 +84,8 @@ def test_a_follow_up_turn_reuses_the_cached_conversation(folder):
         engine.close()
 
     admitted = next(event for event in events if isinstance(event, Admitted))
-    assert admitted.reused_tokens >= len(first_prompt) and engine.prefix_hits == 1
+    # Everything a prefill computed: the first prompt but its last token, which ran as a decode row.
+    assert admitted.reused_tokens == len(first_prompt) - 1 and engine.prefix_hits == 1
     assert tokens == one_at_a_time(folder, follow_up, 16)
 
 
@@ -191,7 +192,7 @@ def test_requests_one_after_another_decode_one_row_and_keep_every_cached_prefix(
         engine.close()
 
     admitted = next(event for event in events if isinstance(event, Admitted))
-    assert admitted.reused_tokens >= len(first_prompt)
+    assert admitted.reused_tokens == len(first_prompt) - 1  # what a prefill computed (see the test above)
     assert tokens == one_at_a_time(folder, follow_up, 12)  # the moved keys and values are intact
     assert engine.idle_rows == 0
 
