@@ -25,7 +25,7 @@ from service.registry import ModelRegistry
 from service.routes import chat, completions, health, models, sessions, ws
 from service.settings import Settings
 from service.storage import check_database_url, open_storage
-from service.storage_errors import DatabaseUnavailable, StorageError, UnstorableValue
+from service.storage_errors import DatabaseUnavailable, StorageError, StorageFull, UnstorableValue
 from service.tracing import tracer_provider_from
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,11 @@ async def _database_unavailable(request: Request, error: Exception) -> Response:
     message = f"{error}; sessions and model registrations are unavailable until the database answers again, retry shortly"
     headers = {"Retry-After": str(RETRY_AFTER_DATABASE)}
     return error_response(APIError(503, message, code="database_unavailable", headers=headers))
+
+
+async def _storage_full(request: Request, error: Exception) -> Response:
+    message = f"{error}; sessions and model registrations cannot be saved until space is freed"
+    return error_response(APIError(507, message, code="storage_full", error_type="server_error"))
 
 
 async def _unstorable_value(request: Request, error: Exception) -> Response:
@@ -121,6 +126,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         exception_handlers={
             APIError: handle_api_error,
             DatabaseUnavailable: _database_unavailable,
+            StorageFull: _storage_full,
             UnstorableValue: _unstorable_value,
             HTTPException: handle_http_exception,
             Exception: handle_unexpected,

@@ -101,6 +101,9 @@ class PostgresSessionStore:
                 self._insert_messages(connection, session.id, 0, 0, [system_prompt], now)
         return session
 
+    def check(self) -> None:
+        self._database.check()
+
     def get(self, session_id: str, owner: str | None = None) -> StoredSession | None:
         with self._database.transaction(snapshot=True) as connection:
             return self._session(connection, session_id, owner)

@@ -36,7 +36,8 @@ from service.session_store import (
     StoredSession,
     new_session_id,
 )
-from service.storage_errors import StorageError
+from service.sqlite_files import connect, has_room, open_database, storage_error
+from service.storage_errors import StorageError, StorageFull
 from service.text_search import search_phrases, search_terms, snippet
 
 DATABASE_FILE = "sessions.sqlite3"
@@ -127,36 +128,30 @@ def _in_transaction(connection: sqlite3.Connection, begin: str) -> Iterator[sqli
     connection.execute(begin)
     try:
         yield connection
+        connection.execute("COMMIT")  # a full disk may fail the commit itself
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # SQLite rolls back by itself after some errors
+            connection.execute("ROLLBACK")
         raise
-    connection.execute("COMMIT")
 
 
 class SQLiteSessionStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()  # the writer connection: one write transaction at a time
-        self._connection = self._connect()
-        mode = self._connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
+        self._connection = open_database(path)
+        try:
+            migrate(self._connection)
+        except sqlite3.Error as error:
             self._connection.close()
-            raise StorageError(f"{path}: SQLite cannot use WAL here (journal mode {mode!r}); use a local --data-dir")
-        migrate(self._connection)
+            raise StorageError(f"cannot prepare {path}: {error}") from error
         # Readers get a connection per thread and never take the lock: in WAL mode they read
         # their snapshot while a write (or a long search) goes on.
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-
-    def _connect(self) -> sqlite3.Connection:
-        # Autocommit mode: transactions are the explicit BEGIN/COMMIT below, nothing implicit.
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA synchronous = FULL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        connection.execute("PRAGMA busy_timeout = 5000")
-        return connection
+        # Why the last write failed (a full disk), until one succeeds: what /readyz reports.
+        self.write_failure: StorageError | None = None
 
     @classmethod
     def in_folder(cls, data_dir: Path) -> SQLiteSessionStore:
@@ -167,10 +162,20 @@ class SQLiteSessionStore:
             for connection in [self._connection, *self._readers]:
                 connection.close()
 
+    def check(self) -> None:
+        """Raises the last write's failure while it stands: a full disk until space is freed
+        (a tiny write could succeed long before a turn can), anything else until a write works."""
+        if self.write_failure is None:
+            return
+        if isinstance(self.write_failure, StorageFull) and not has_room(self.path.parent):
+            raise self.write_failure
+        with self._transaction(write=True) as connection:
+            connection.execute("UPDATE schema_version SET version = version")
+
     def _reader(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._local.connection = self._connect()
+            connection = self._local.connection = connect(self.path)
             with self._readers_lock:
                 self._readers.append(connection)
         return connection
@@ -178,13 +183,22 @@ class SQLiteSessionStore:
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
         """A write transaction under the lock, IMMEDIATE so it never fails to upgrade; or a read
-        transaction (one snapshot) on this thread's own connection."""
-        if not write:
-            with _in_transaction(self._reader(), "BEGIN") as connection:
+        transaction (one snapshot) on this thread's own connection. SQLite's failures come out
+        as storage errors (StorageFull when the disk is full)."""
+        try:
+            if not write:
+                with _in_transaction(self._reader(), "BEGIN") as connection:
+                    yield connection
+                return
+            with self._lock, _in_transaction(self._connection, "BEGIN IMMEDIATE") as connection:
                 yield connection
-            return
-        with self._lock, _in_transaction(self._connection, "BEGIN IMMEDIATE") as connection:
-            yield connection
+        except sqlite3.Error as error:
+            failure = storage_error(error, self.path)
+            if write:
+                self.write_failure = failure
+            raise failure from error
+        if write:
+            self.write_failure = None
 
     def create(
         self,

@@ -46,9 +46,9 @@ class Storage:
         return "sqlite" if self.database is None else "postgresql"
 
     def check(self) -> None:
-        """Raises DatabaseUnavailable unless the database answers now (SQLite files always do)."""
-        if self.database is not None:
-            self.database.check()
+        """Raises DatabaseUnavailable unless the database answers now, StorageFull while the
+        SQLite files' disk is full."""
+        self.sessions.check()
 
     def close(self) -> None:
         self.sessions.close()

@@ -1,5 +1,6 @@
 """What can go wrong with the database behind sessions and the model registry, as values the
-app turns into answers: a 503 while the database is unreachable, a refusal to start otherwise."""
+app turns into answers: a 503 while the database is unreachable, a 507 while its disk is full,
+a refusal to start otherwise."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ class StorageError(RuntimeError):
 
 class DatabaseUnavailable(StorageError):
     """The database cannot be reached now (down, restarting, overloaded); retrying may work."""
+
+
+class StorageFull(StorageError):
+    """The disk holding the database is full: writes fail until space is freed."""
 
 
 class UnstorableValue(StorageError):

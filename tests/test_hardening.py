@@ -3,17 +3,24 @@ hostile searches, input that once gave 500s, clients that leave, a full disk, cr
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import stat
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support import ServiceProcess
-from tests.test_api import assert_error
+from tests.support import REPO, ServiceProcess, free_port
+from tests.test_api import assert_error, sse_payloads
 from tests.test_security import bearer, create_key
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2, "seed": 1}
@@ -208,3 +215,115 @@ def test_requests_refused_while_the_server_is_full_spend_no_tokens(smol_server, 
 
     assert [response.json()["error"]["code"] for response in refusals] == ["server_busy"] * 3
     assert answered.status_code == 200, answered.text
+
+
+# 4, 5, 10. The data folder: full, read-only, private.
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, options: str):
+    """A real tmpfs at `folder` (root only: elsewhere the test is skipped)."""
+    folder.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Writes a file into `folder` until its disk is full; deleting it frees the space."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as file:
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    file.write(b"\0" * size)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+    return filler
+
+
+@pytest.fixture(scope="module")
+def full_disk_server(tiny_model_dir, artifacts, tmp_path_factory):
+    """A server whose data folder lies on a 2 MiB disk, a session in it, then the disk filled."""
+    with mounted_tmpfs(tmp_path_factory.mktemp("small-disk") / "data", "size=2m,mode=0700") as data:
+        process = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--data-dir", str(data),
+                                 log_path=artifacts / "hardening_full_disk_server.log")
+        try:
+            session_id = create_session(process)["id"]
+            filler = fill(data)
+            yield process, session_id, filler
+        finally:
+            process.stop()
+
+
+def test_creating_a_session_on_a_full_disk_is_a_507_in_the_envelope(full_disk_server):
+    server, _, _ = full_disk_server
+    response = httpx.post(f"{server.url}/v1/sessions", json={"system_prompt": "x" * 100_000}, timeout=30)
+    assert_error(response, 507, code="storage_full")
+
+
+def test_a_session_chat_on_a_full_disk_returns_the_answer_flagged_as_not_saved(full_disk_server):
+    server, session_id, _ = full_disk_server
+    response = httpx.post(f"{server.url}/v1/chat/completions", json={**CHAT, "session_id": session_id}, timeout=60)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["choices"][0]["message"]["content"] and answer["session_saved"] is False
+    assert answer["session_error"]["code"] == "storage_full"
+
+
+def test_a_streamed_session_chat_on_a_full_disk_ends_with_an_error_event_and_done(full_disk_server):
+    server, session_id, _ = full_disk_server
+    body = {**CHAT, "session_id": session_id, "stream": True}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    payloads = sse_payloads(response)
+    assert payloads[-1] == "[DONE]" and payloads[-2]["error"]["code"] == "storage_full", payloads[-3:]
+
+
+def test_readyz_reports_a_full_disk_until_space_is_freed(full_disk_server):
+    server, _, filler = full_disk_server
+    httpx.post(f"{server.url}/v1/sessions", json={"system_prompt": "x" * 100_000}, timeout=30)
+    full = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    filler.unlink()
+    freed = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    assert (full["database"], freed["database"]) == ("full", "ok"), (full, freed)
+    assert httpx.post(f"{server.url}/v1/sessions", json={}, timeout=30).status_code == 201
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this user cannot write: its mode for anyone, a read-only mount for root."""
+    folder = tmp_path / "read-only"
+    if os.geteuid() != 0:
+        folder.mkdir(mode=0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    with mounted_tmpfs(folder, "ro,size=1m") as mounted:
+        yield mounted
+
+
+def test_a_read_only_data_dir_stops_startup_with_an_error_naming_it(tiny_model_dir, read_only_folder):
+    started = subprocess.run(
+        [sys.executable, "-m", "service", "--model", f"tiny={tiny_model_dir}", "--port", str(free_port()),
+         "--data-dir", str(read_only_folder)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert started.returncode != 0
+    assert f"cannot use the data folder {read_only_folder}" in started.stderr, started.stderr
+
+
+def test_the_data_dir_is_private_to_the_services_user(tiny_model_dir, artifacts, tmp_path):
+    data = tmp_path / "data"
+    process = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--data-dir", str(data), log_path=artifacts / "private_data_server.log")
+    try:
+        create_session(process, system_prompt="private")
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in [data, *data.iterdir()]}
+    finally:
+        process.stop()
+    assert modes.pop("data") == 0o700
+    assert {name for name in modes} >= {"sessions.sqlite3", "sessions.sqlite3-wal", "registry.sqlite3"}
+    assert set(modes.values()) == {0o600}, modes

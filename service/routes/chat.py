@@ -20,7 +20,7 @@ from service.engine import Engine, Failed, Finished, GenerationRequest, TextDelt
 from service.errors import APIError, error_body
 from service.routes import generation
 from service.routes.models import ready_model
-from service.routes.sessions import SessionHistory, session_history
+from service.routes.sessions import SessionHistory, TurnNotSaved, session_history
 from service.schemas import ChatCompletionRequest, decode_body
 from service.telemetry import observe_generation
 
@@ -101,9 +101,14 @@ async def create_chat_completion(request: Request) -> Response:
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     choices = await generation.collect(tickets, request)
-    # A session keeps choice 0 when n > 1; the turn is stored before the client sees the answer.
+    # A session keeps choice 0 when n > 1; the turn is stored before the client sees the answer,
+    # and an answer the store could not keep is still sent, flagged.
+    not_saved: TurnNotSaved | None = None
     if history is not None and worth_remembering([choice.finished for choice in choices]):
-        await history.append_turn(engine, body.messages, "".join(choices[0].text))
+        try:
+            await history.append_turn(engine, body.messages, "".join(choices[0].text))
+        except TurnNotSaved as error:
+            not_saved = error
     completion = {
         "id": completion_id,
         "object": "chat.completion",
@@ -120,6 +125,10 @@ async def create_chat_completion(request: Request) -> Response:
         ],
         "usage": generation.usage([choice.finished for choice in choices], len(prompt_ids)),
     }
+    if history is not None:
+        completion["session_saved"] = not_saved is None
+    if not_saved is not None:
+        completion["session_error"] = error_body(not_saved.message, not_saved.error_type, not_saved.param, not_saved.code)["error"]
     return Response(msgspec.json.encode(completion), media_type="application/json")
 
 

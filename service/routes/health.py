@@ -1,9 +1,10 @@
 """Probes: /livez says the process answers, /startupz that startup registered the models,
 /readyz that a model can serve requests and the service is not draining.
 
-/readyz also reports the database (`"database": "ok"` or `"unavailable"`) without failing on
-it: every replica shares one database, so taking them all out of the load balancer while it is
-down would stop plain completions too; session requests answer 503 meanwhile.
+/readyz also reports the database (`"database": "ok"`, `"unavailable"` or `"full"`, with
+`"database_error"` saying why) without failing on it: every replica shares one database, so
+taking them all out of the load balancer while it is down would stop plain completions too;
+session requests answer 503 (507 while the disk is full) meanwhile.
 
 Draining (SIGTERM): generation requests already accepted run to the end while new ones get
 503 and /readyz turns 503, so a load balancer moves traffic elsewhere before the exit.
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import error_body
-from service.storage_errors import DatabaseUnavailable
+from service.storage_errors import DatabaseUnavailable, StorageFull
 
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 RETRY_AFTER_DRAINING = 5
@@ -35,21 +36,23 @@ async def startupz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "starting"}, status_code=503)
 
 
-async def database_state(request: Request) -> str:
+async def database_state(request: Request) -> dict:
     storage = getattr(request.app.state, "storage", None)
     if storage is None:
-        return "starting"
+        return {"database": "starting"}
     try:
         await asyncio.to_thread(storage.check)
-    except DatabaseUnavailable:
-        return "unavailable"
-    return "ok"
+    except StorageFull as error:
+        return {"database": "full", "database_error": str(error)}
+    except DatabaseUnavailable as error:
+        return {"database": "unavailable", "database_error": str(error)}
+    return {"database": "ok"}
 
 
 async def readyz(request: Request) -> JSONResponse:
     registry = request.app.state.registry
     models = {entry.model_id: entry.status for entry in registry.entries()}
-    report = {"models": models, "database": await database_state(request)}
+    report = {"models": models, **await database_state(request)}
     if getattr(request.app.state, "draining", False):
         return JSONResponse({"status": "draining", **report}, status_code=503)
     if registry.any_ready():

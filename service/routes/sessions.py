@@ -21,6 +21,7 @@ from service.engine import Engine
 from service.errors import APIError
 from service.model_folder import ModelFolder
 from service.schemas import ChatMessage, CreateSessionRequest, decode_body
+from service.storage_errors import StorageError, StorageFull, UnstorableValue
 from service.text_search import search_terms
 from service.session_store import (
     MAX_QUERY_CHARACTERS,
@@ -290,7 +291,8 @@ class SessionHistory:
         return best
 
     async def append_turn(self, engine: Engine, request_messages: list[ChatMessage], answer: str) -> None:
-        """Stores the request's messages and the answer as one turn, in one transaction."""
+        """Stores the request's messages and the answer as one turn, in one transaction; raises
+        TurnNotSaved when the store cannot (a full disk, the database down)."""
         texts = [(message.role, message.text()) for message in request_messages] + [("assistant", answer)]
         messages = [NewMessage(role, text, content_tokens(engine.folder, text)) for role, text in texts]
         try:
@@ -298,6 +300,17 @@ class SessionHistory:
         except SessionNotFound as error:
             message = f"the session {self.session.id!r} was deleted while answering; the turn was not saved"
             raise APIError(404, message, param="session_id", code="session_not_found") from error
+        except StorageError as error:
+            status, code = _NOT_SAVED.get(type(error), (503, "database_unavailable"))
+            raise TurnNotSaved(status, f"{error}; the answer was not saved in the session", param="session_id", code=code) from error
+
+
+class TurnNotSaved(APIError):
+    """The answer exists but the session could not store its turn: the client still gets it."""
+
+
+# How a store's failure is told to the client whose answer it could not save.
+_NOT_SAVED = {StorageFull: (507, "storage_full"), UnstorableValue: (400, "unstorable_value")}
 
 
 def _as_chat(message: StoredMessage) -> dict:
