@@ -262,7 +262,8 @@ class BatchRunner:
         step.seqlens.update_inplace(lengths)
         if step.temperatures is not None:
             step.temperatures.update_inplace(temperature_values)
-        step.binding.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(total, dtype=np.int32))
+        if not self.cuda_graphs:  # a captured step keeps the capacity it was bound with
+            step.binding.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(total, dtype=np.int32))
         self.session.run_with_iobinding(step.binding, self._options(rows))
         if not self.signature.candidates:
             return step.outputs[names.LOGITS].numpy()[:, 0]
@@ -283,6 +284,7 @@ class BatchRunner:
             self.cache.bind(binding, 0, rows)
             step = _DeviceStep(binding, rows, self.vocab_size, self.signature.candidates, self.device)
             binding.bind_cpu_input(self._kept_name, self._kept_positions(1))
+            binding.bind_cpu_input(names.TOTAL_SEQUENCE_LENGTH, np.array(self.capacity, dtype=np.int32))
             self._device_steps[rows] = step
         return step
 
