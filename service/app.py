@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from service.auth import AuthenticationMiddleware, KeyRing, SecurityHeadersMiddleware
+from service.cross_site import CrossSiteGuard
 from service.errors import APIError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from service.limits import BodySizeLimitMiddleware, Guards, RateLimitMiddleware
 from service.logs import RequestLogMiddleware
@@ -114,6 +115,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             expose_headers=["Retry-After", "X-Request-ID"],  # the SPA shows how long to wait
             max_age=600,
         ),
+        Middleware(CrossSiteGuard, settings=settings, enabled=not keys),
         Middleware(AuthenticationMiddleware, keys=keys, metrics_public=settings.metrics_public),
         Middleware(RateLimitMiddleware),
         Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),

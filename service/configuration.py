@@ -77,6 +77,12 @@ OPTIONS: tuple[Option, ...] = (
         "server", "cors_origins", list, "browser origins allowed to call the API besides loopback ones (the SPA's host)",
         flag_name="--cors-origin", metavar="ORIGIN",
     ),
+    Option(
+        "server", "allowed_hosts", list,
+        "Host header names answered without API keys besides loopback ones and the listening address "
+        "(.example.com: its subdomains too; *: any), against DNS rebinding",
+        metavar="HOST",
+    ),
     Option("server", "sse_keepalive", float, "seconds of silence after which a stream gets an SSE keep-alive comment", minimum=0.01),
     Option("server", "drain_seconds", float, "on SIGTERM, seconds accepted generation requests may take to finish", minimum=0),
     Option("storage", "models_dir", Path, "cache of converted models, keyed by source hash and converter version"),

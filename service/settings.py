@@ -64,6 +64,9 @@ class Settings:
     # Browser origins allowed to call the API (the SPA's); loopback origins on any port by default.
     cors_origins: tuple[str, ...] = ()
     cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"
+    # Host names the service answers to besides loopback ones and its own address, checked while
+    # no API key is configured (service/cross_site.py): a foreign name is DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
     # Where state that outlives the process lives: the sessions database (sessions.sqlite3).
     data_dir: Path = Path("data")
     # PostgreSQL URL (postgresql://user:password@host:5432/db) for sessions and the model registry,

@@ -14,9 +14,11 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from socket import create_connection
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.support import REPO, ServiceProcess, free_port
@@ -327,3 +329,60 @@ def test_the_data_dir_is_private_to_the_services_user(tiny_model_dir, artifacts,
     assert modes.pop("data") == 0o700
     assert {name for name in modes} >= {"sessions.sqlite3", "sessions.sqlite3-wal", "registry.sqlite3"}
     assert set(modes.values()) == {0o600}, modes
+
+
+# 8. Without keys, a foreign web page can neither change anything nor read answers.
+
+
+def test_a_request_naming_a_foreign_host_is_refused(server):
+    response = httpx.get(f"{server.url}/v1/models", headers={"Host": "attacker.example"}, timeout=30)
+    assert_error(response, 403, code="host_not_allowed")
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]", "app.localhost"])
+def test_loopback_host_names_are_answered(server, host):
+    response = httpx.get(f"{server.url}/v1/models", headers={"Host": f"{host}:{server.port}"}, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def test_the_probes_answer_whatever_the_host(server):
+    assert httpx.get(f"{server.url}/livez", headers={"Host": "10.1.2.3:8000"}, timeout=30).status_code == 200
+
+
+def test_a_websocket_naming_a_foreign_host_is_refused(server):
+    rebound = create_connection(("127.0.0.1", server.port))  # the name resolved to loopback
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://attacker.example:{server.port}/v1/ws", sock=rebound, open_timeout=30)
+    assert refused.value.response.status_code == 403
+
+
+def test_allowed_hosts_adds_names(tiny_model_dir, artifacts):
+    process = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--allowed-hosts", "llm.internal", "--allowed-hosts", ".example.org",
+                             log_path=artifacts / "allowed_hosts_server.log")
+    try:
+        answers = {host: httpx.get(f"{process.url}/v1/models", headers={"Host": host}, timeout=30).status_code
+                   for host in ("llm.internal", "api.example.org", "attacker.example")}
+    finally:
+        process.stop()
+    assert answers == {"llm.internal": 200, "api.example.org": 200, "attacker.example": 403}
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_state_changing_body_that_is_not_json_is_refused_before_anything_changes(server, content_type):
+    before = httpx.get(f"{server.url}/v1/sessions", params={"limit": 100}, timeout=30).json()["data"]
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = httpx.post(f"{server.url}/v1/sessions", content=b'{"title": "forged"}', headers=headers, timeout=30)
+    after = httpx.get(f"{server.url}/v1/sessions", params={"limit": 100}, timeout=30).json()["data"]
+    assert_error(response, 415, code="unsupported_media_type")
+    assert after == before
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v1/sessions"), ("POST", "/v1/chat/completions"), ("DELETE", "/v1/sessions/sess_x")])
+def test_a_state_changing_request_from_a_foreign_page_is_refused(server, method, path):
+    response = httpx.request(method, server.url + path, json=CHAT if "chat" in path else {}, headers={"Origin": "https://attacker.example"}, timeout=30)
+    assert_error(response, 403, code="cross_site_request")
+
+
+def test_a_state_changing_request_from_a_loopback_page_is_answered(server):
+    response = httpx.post(f"{server.url}/v1/sessions", json={}, headers={"Origin": "http://127.0.0.1:5173"}, timeout=30)
+    assert response.status_code == 201, response.text

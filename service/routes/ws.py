@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from contextlib import aclosing
@@ -22,13 +21,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from service import limits
 from service.engine import Failed, Finished, GenerationRequest, TextDelta
+from service.cross_site import origin_allowed
 from service.errors import APIError, error_body
 from service.registry import ModelEntry, ModelRegistry
 from service.routes import chat, generation
 from service.routes.models import ready_model
 from service.routes.sessions import SessionHistory, session_history
 from service.schemas import ChatCompletionRequest, decode_body
-from service.settings import Settings
 from service.telemetry import observe_generation
 
 log = logging.getLogger(__name__)
@@ -48,13 +47,6 @@ class Envelope(msgspec.Struct):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
-def origin_allowed(origin: str | None, settings: Settings) -> bool:
-    """Browsers apply no CORS to WebSockets, so the page's Origin is checked against the same list."""
-    if origin is None or "*" in settings.cors_origins or origin in settings.cors_origins:
-        return True
-    return settings.cors_origin_regex is not None and re.fullmatch(settings.cors_origin_regex, origin) is not None
-
-
 def error_event(request_id: str | None, error: APIError) -> dict:
     body = error_body(error.message, error.error_type, error.param, error.code)
     return {"type": "error", "id": request_id, "status": error.status, **body}
@@ -65,6 +57,7 @@ def internal_error_event(request_id: str | None) -> dict:
 
 
 async def chat_socket(websocket: WebSocket) -> None:
+    # Browsers apply no CORS to WebSockets, so the page's Origin is checked here, keys or not.
     if not origin_allowed(websocket.headers.get("origin"), websocket.app.state.settings):
         await websocket.close()  # before accepting: the handshake is refused with 403
         return
