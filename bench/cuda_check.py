@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,15 +191,14 @@ def http_levels(target: ModelFolder, device: str, deadline: float) -> dict:
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 raise RuntimeError(f"the service exited: {(Path(data_dir) / 'service.log').read_text()[-2000:]}")
             try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
                 pass
             time.sleep(0.5)
         levels = {}

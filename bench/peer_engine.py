@@ -14,7 +14,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from bench.engine_speed import load_warm_generator, measure, prompt_of
-from bench.peer_report import measure_prompts, print_result
+from bench.peer_report import measure_prompts, print_result, read_agreement_task, top1_agreement
 
 
 def main() -> None:
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--agreement", help="see bench/peer_report.py: top-1 agreement with a reference")
     arguments = parser.parse_args()
 
     path, folder, generator, load_seconds = load_warm_generator(arguments.model, arguments.activations, "cpu", arguments.threads)
@@ -36,6 +37,10 @@ def main() -> None:
         arguments.new_tokens,
         arguments.repeats,
     )
+    agreement = None
+    if (task := read_agreement_task(arguments.agreement)) is not None:
+        ids, reference = task
+        agreement = top1_agreement(generator.prompt_logits(ids)[:-1].argmax(-1).tolist(), reference)
     print_result(
         "this engine",
         ort.__version__,
@@ -44,6 +49,7 @@ def main() -> None:
         prompts,
         model_folder=str(path),
         model_folder_mib=sum(file.stat().st_size for file in path.iterdir() if file.is_file()) / 2**20,
+        top1_agreement=agreement,
     )
 
 

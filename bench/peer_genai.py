@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import onnxruntime_genai as og
-from peer_report import measure_prompts, peer_arguments, print_result
+from peer_report import measure_prompts, peer_arguments, print_result, read_agreement_task, top1_agreement
 
 
 def measure(model: og.Model, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
@@ -58,7 +59,20 @@ def main() -> None:
         arguments.new_tokens,
         arguments.repeats,
     )
-    print_result("onnxruntime-genai", og.__version__, arguments.threads, load_seconds, prompts)
+    agreement = None
+    if (task := read_agreement_task(arguments.agreement)) is not None:
+        agreement = top1_agreement(prompt_top1(model, task[0]), task[1])
+    print_result("onnxruntime-genai", og.__version__, arguments.threads, load_seconds, prompts, top1_agreement=agreement)
+
+
+def prompt_top1(model: og.Model, ids: list[int]) -> list[int]:
+    """The most likely next token after each position but the last, from one prompt pass."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 1)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    logits = np.asarray(generator.get_output("logits"))
+    return logits.reshape(-1, logits.shape[-1])[-len(ids) :][:-1].argmax(-1).tolist()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
 
 Measured like bench/engine_speed.py: greedy, a fixed number of new tokens (Llama.generate never
 stops at end-of-sequence by itself), prompts cut from the same repeated text to the same token
-counts, best of a few runs, peak RSS of this process. The KV cache is reset before every run, so
-no run reuses another's prompt.
+counts, several runs, peak RSS of this process. The KV cache is reset before every run, so no run
+reuses another's prompt. Flash attention is on, as llama-server's default `auto` chooses on CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 
 import llama_cpp
-from peer_report import measure_prompts, peer_arguments, print_result
+import numpy as np
+from peer_report import measure_prompts, peer_arguments, print_result, read_agreement_task, top1_agreement
 
 
 def measure(llm: llama_cpp.Llama, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
@@ -42,9 +43,18 @@ def main() -> None:
         n_batch=1024,
         n_threads=arguments.threads,
         n_threads_batch=arguments.threads,
+        flash_attn=True,
         verbose=False,
     )
     load_seconds = time.perf_counter() - started
+    agreement = None
+    if (task := read_agreement_task(arguments.agreement)) is not None:
+        ids, reference = task
+        scorer = llama_cpp.Llama(model_path=arguments.model, n_ctx=2048, n_batch=1024, n_threads=arguments.threads,
+                                 flash_attn=True, logits_all=True, verbose=False)
+        scorer.eval(ids)
+        agreement = top1_agreement(np.asarray(scorer.scores[: len(ids) - 1]).argmax(-1).tolist(), reference)
+        del scorer
 
     def prompt_of(tokens: int) -> list[int]:
         text = (arguments.text * (tokens // 10 + 1)).encode()
@@ -58,7 +68,7 @@ def main() -> None:
         arguments.new_tokens,
         arguments.repeats,
     )
-    print_result("llama.cpp", llama_cpp.__version__, arguments.threads, load_seconds, prompts)
+    print_result("llama.cpp", llama_cpp.__version__, arguments.threads, load_seconds, prompts, top1_agreement=agreement)
 
 
 if __name__ == "__main__":

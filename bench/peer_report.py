@@ -21,7 +21,23 @@ def peer_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--agreement", help="a JSON file {ids, reference_top1}: report how often this engine's most likely next "
+        "token equals the reference's at each position (teacher forcing)",
+    )
     return parser.parse_args()
+
+
+def read_agreement_task(path: str | None) -> tuple[list[int], list[int]] | None:
+    """(token ids, the reference's most likely next token after each), or None when not asked."""
+    if path is None:
+        return None
+    task = json.loads(Path(path).read_text())
+    return task["ids"], task["reference_top1"]
+
+
+def top1_agreement(predicted: list[int], reference: list[int]) -> float:
+    return sum(ours == theirs for ours, theirs in zip(predicted, reference, strict=True)) / len(reference)
 
 
 def measure_prompts(
@@ -31,7 +47,8 @@ def measure_prompts(
     new_tokens: int,
     repeats: int,
 ) -> list[dict]:
-    """For each prompt length ("32,640"): fastest first token and decode rate over `repeats` runs.
+    """For each prompt length ("32,640"): every run's first token and decode rate (the report takes
+    medians and ranges over all runs of all rounds), and the fastest of them.
     `measure(prompt, new_tokens)` returns (first token seconds, decode tok/s[, tokens generated])."""
     prompts = []
     for tokens in (int(count) for count in prompt_tokens.split(",")):
@@ -41,6 +58,8 @@ def measure_prompts(
             "prompt_tokens": len(prompt),
             "first_token_s": min(run[0] for run in runs),
             "decode_tok_s": max(run[1] for run in runs),
+            "first_token_runs": [run[0] for run in runs],
+            "decode_runs": [run[1] for run in runs],
             "generated_tokens": min(run[2] if len(run) > 2 else new_tokens for run in runs),
         })
     return prompts

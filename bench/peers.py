@@ -142,10 +142,11 @@ def llama_cpp_python() -> Path:
     return python
 
 
-def llama_server_binary() -> Path:
-    """llama-server built with cmake from the same vendored llama.cpp, statically linked."""
+def _llama_tool(name: str) -> Path:
+    """A llama.cpp program (llama-server, llama-quantize) built with cmake from the same vendored
+    llama.cpp, statically linked; both are built together on first use."""
     build = CACHE / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}" / "build"
-    binary = build / "bin" / "llama-server"
+    binary = build / "bin" / name
     if binary.is_file():
         return binary
     sources = llama_cpp_sources() / "vendor" / "llama.cpp"
@@ -153,11 +154,32 @@ def llama_server_binary() -> Path:
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run_logged(
         ["cmake", "-S", str(sources), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-         "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF", *LLAMA_CMAKE_ARGS],
+         "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF",
+         "-DLLAMA_BUILD_TOOLS=ON", *LLAMA_CMAKE_ARGS],
         log,
     )
-    _run_logged(["cmake", "--build", str(build), "--target", "llama-server", f"-j{THREADS}"], log)
+    _run_logged(["cmake", "--build", str(build), "--target", "llama-server", "llama-quantize", f"-j{THREADS}"], log)
     return binary
+
+
+def llama_server_binary() -> Path:
+    return _llama_tool("llama-server")
+
+
+def requantized(gguf: Path, quant_type: str) -> Path:
+    """The model re-quantized by llama.cpp's own llama-quantize (Q4_0, Q8_0): the formats llama.cpp
+    has its fastest x86 kernels for, so the comparison is not only on a format that favours us."""
+    out = CACHE / "models" / f"{gguf.stem}-{gguf.stat().st_size}-{quant_type}.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    _run_logged(
+        [str(_llama_tool("llama-quantize")), "--allow-requantize", str(gguf), str(partial), quant_type, str(THREADS)],
+        f"llama-quantize-{quant_type}",
+    )
+    partial.rename(out)
+    return out
 
 
 def genai_python() -> Path:
@@ -206,39 +228,44 @@ def measure_script(name: str, command: list[str], timeout: float) -> Measurement
     return Measurement(name, json.loads(lines[-1]))
 
 
-def measuring_arguments(prompt_text: str, prompt_tokens: tuple[int, ...], new_tokens: int, repeats: int) -> list[str]:
+def measuring_arguments(
+    prompt_text: str, prompt_tokens: tuple[int, ...], new_tokens: int, repeats: int, agreement: Path | None = None
+) -> list[str]:
     return [
         "--text", prompt_text,
         "--prompt-tokens", ",".join(str(count) for count in prompt_tokens),
         "--new-tokens", str(new_tokens),
         "--repeats", str(repeats),
         "--threads", str(THREADS),
+        *(["--agreement", str(agreement)] if agreement else []),
     ]
 
 
 def measure_llama_cpp(
-    gguf: Path, prompt_text: str, prompt_tokens: tuple[int, ...], new_tokens: int, repeats: int
+    gguf: Path, prompt_text: str, prompt_tokens: tuple[int, ...], new_tokens: int, repeats: int, agreement: Path | None = None
 ) -> Measurement:
     try:
         python = llama_cpp_python()
     except PeerError as error:
         return Measurement("llama.cpp", {}, str(error))
     script = REPO / "bench" / "peer_llama_cpp.py"
-    arguments = measuring_arguments(prompt_text, prompt_tokens, new_tokens, repeats)
+    arguments = measuring_arguments(prompt_text, prompt_tokens, new_tokens, repeats, agreement)
     measurement = measure_script("llama.cpp", [str(python), str(script), "--model", str(gguf), *arguments], timeout=900)
     if measurement.error is None:
         measurement.values["llama_cpp_commit"] = llama_cpp_commit()
     return measurement
 
 
-def measure_genai(gguf: Path, prompt_text: str, prompt_tokens: tuple[int, ...], new_tokens: int, repeats: int) -> Measurement:
+def measure_genai(
+    gguf: Path, prompt_text: str, prompt_tokens: tuple[int, ...], new_tokens: int, repeats: int, agreement: Path | None = None
+) -> Measurement:
     try:
         folder = genai_model(gguf)
         python = genai_python()
     except PeerError as error:
         return Measurement("onnxruntime-genai", {}, str(error))
     script = REPO / "bench" / "peer_genai.py"
-    arguments = measuring_arguments(prompt_text, prompt_tokens, new_tokens, repeats)
+    arguments = measuring_arguments(prompt_text, prompt_tokens, new_tokens, repeats, agreement)
     return measure_script("onnxruntime-genai", [str(python), str(script), "--model", str(folder), *arguments], timeout=900)
 
 
@@ -290,10 +317,17 @@ class LoopbackServer:
 
     def peak_rss_mib(self) -> float | None:
         """The server's high-water resident memory so far (VmHWM), while it runs."""
+        return self._status_mib("VmHWM")
+
+    def rss_mib(self) -> float | None:
+        """The server's resident memory now (VmRSS)."""
+        return self._status_mib("VmRSS")
+
+    def _status_mib(self, field: str) -> float | None:
         if self._process is None or self._process.poll() is not None:
             return None
         for line in Path(f"/proc/{self._process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return None
 
@@ -314,8 +348,9 @@ def llama_server_version() -> str:
     return lines[0].removeprefix("version:").strip() if lines else "unknown"
 
 
-def llama_server(gguf: Path, slots: int = 16, context: int = 16384) -> LoopbackServer:
-    """llama-server with `slots` parallel sequences (continuous batching) sharing `context` tokens."""
+def llama_server(gguf: Path, slots: int, context: int) -> LoopbackServer:
+    """llama-server with `slots` parallel sequences (continuous batching) sharing `context` tokens,
+    otherwise at its defaults (flash attention `auto`)."""
     port = free_loopback_port()
     command = [
         str(llama_server_binary()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
@@ -324,11 +359,13 @@ def llama_server(gguf: Path, slots: int = 16, context: int = 16384) -> LoopbackS
     return LoopbackServer("llama-server", command, port, "/health")
 
 
-def our_server(model: Path, max_context: int = 2048) -> LoopbackServer:
-    """This service on `model` (a converted folder, so it starts without converting)."""
+def our_server(model: Path) -> LoopbackServer:
+    """This service at its defaults on `model` (a converted folder, so it starts without converting),
+    with the benchmark's threads and a data directory of its own."""
     port = free_loopback_port()
+    data = CACHE / "service-data"
     command = [
         str(REPO / ".venv" / "bin" / "python"), "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-        "--model", str(model), "--max-context", str(max_context), "--threads", str(THREADS),
+        "--model", str(model), "--threads", str(THREADS), "--data-dir", str(data),
     ]
     return LoopbackServer("service", command, port, "/readyz")

