@@ -4,7 +4,8 @@ Each layer's keys (and values) live in one (slots, kv_heads, capacity, head_dim)
 graph's cache type (float32, or float16 for the CUDA target).
 GroupQueryAttention appends a step's keys and values in place when past and present are bound
 to the same memory, so a step allocates nothing and copies no cache. Slots are bound by
-address: a prefill binds one slot, a decode step the first `rows` slots as one batch.
+address: a prefill binds one slot, a decode step the first `rows` slots as one batch. Moving a
+prefix from slot to slot is a numpy copy on CPU and a strided copy by the CUDA runtime on a GPU.
 
 On CPU the buffers are numpy arrays from calloc: pages of slots never used are never touched,
 so resident memory grows with the tokens actually cached, not with slots x capacity. That holds
@@ -16,6 +17,8 @@ SmolLM2 holding 180 tokens each took 1326 MiB instead of 68.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -37,6 +40,7 @@ class SlotCache:
         self._slot_bytes = kv_heads * capacity * head_dim * self.dtype.itemsize
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
         self._values: dict[tuple[int, str], ort.OrtValue] = {}
+        self._scratch: ort.OrtValue | None = None
         with _without_huge_pages():
             self._allocate(layers, slots, device)
 
@@ -70,18 +74,28 @@ class SlotCache:
             binding.bind_output(present, self.device, 0, self.dtype.type, shape, address)
 
     def copy_prefix(self, source_slot: int, target_slot: int, length: int) -> None:
-        """Copies the first `length` cached positions of one slot into another (CPU only)."""
+        """Copies the first `length` cached positions of one slot into another."""
         if self.device != "cpu":
-            raise NotImplementedError("copying cache prefixes is implemented for CPU buffers")
+            for key in self._values:
+                self._device_copy(self._slot_address(key, target_slot), self._slot_address(key, source_slot), length)
+            _synchronize()
+            return
         for array in self._arrays.values():
             array[target_slot, :, :length] = array[source_slot, :, :length]
 
     def swap_prefixes(self, first_slot: int, first_length: int, second_slot: int, second_length: int) -> None:
         """Exchanges the first `first_length` cached positions of one slot with the first
-        `second_length` of another (CPU only): the engine moves sequences into low slots so a
-        decode step binds as few rows as possible."""
+        `second_length` of another: the engine moves sequences into low slots so a decode step
+        binds as few rows as possible."""
         if self.device != "cpu":
-            raise NotImplementedError("moving cache prefixes is implemented for CPU buffers")
+            scratch = self._scratch_slot().data_ptr()
+            for key in self._values:
+                first, second = self._slot_address(key, first_slot), self._slot_address(key, second_slot)
+                self._device_copy(scratch, first, first_length)
+                self._device_copy(first, second, second_length)
+                self._device_copy(second, scratch, first_length)
+            _synchronize()
+            return
         for array in self._arrays.values():
             kept = array[first_slot, :, :first_length].copy()
             array[first_slot, :, :second_length] = array[second_slot, :, :second_length]
@@ -89,7 +103,30 @@ class SlotCache:
 
     @property
     def can_copy(self) -> bool:
-        return self.device == "cpu"
+        return self.device == "cpu" or _cuda_runtime() is not None
+
+    def _slot_address(self, key: tuple[int, str], slot: int) -> int:
+        return self._address(key) + slot * self._slot_bytes
+
+    def _scratch_slot(self) -> ort.OrtValue:
+        """One slot's worth of device memory, for swaps."""
+        if self._scratch is None:
+            self._scratch = ort.OrtValue.ortvalue_from_shape_and_type(list(self._shape), self.dtype.type, self.device, 0)
+        return self._scratch
+
+    def _device_copy(self, target: int, source: int, length: int) -> None:
+        """The first `length` positions of every head of one slot's layer to another place, on
+        the GPU: one strided copy, each head's positions a row of the (heads, capacity) grid."""
+        if length <= 0:
+            return
+        row_pitch = self._shape[1] * self._shape[2] * self.dtype.itemsize
+        width = length * self._shape[2] * self.dtype.itemsize
+        status = _cuda_runtime().cudaMemcpy2D(
+            ctypes.c_void_p(target), ctypes.c_size_t(row_pitch), ctypes.c_void_p(source), ctypes.c_size_t(row_pitch),
+            ctypes.c_size_t(width), ctypes.c_size_t(self._shape[0]), ctypes.c_int(_DEVICE_TO_DEVICE),
+        )
+        if status != 0:
+            raise RuntimeError(f"cudaMemcpy2D failed with CUDA error {status} moving a KV cache prefix")
 
 
 @contextlib.contextmanager
@@ -100,3 +137,24 @@ def _without_huge_pages() -> Iterator[None]:
         yield
     finally:
         multiarray._set_madvise_hugepage(previous)
+
+
+_DEVICE_TO_DEVICE = 3  # cudaMemcpyDeviceToDevice
+
+
+@functools.cache
+def _cuda_runtime() -> ctypes.CDLL | None:
+    """The CUDA runtime ONNX Runtime's CUDA provider loaded (or None where there is none): the
+    Python API has no device-to-device copy of part of a tensor, which moving slots needs."""
+    try:
+        return ctypes.CDLL("libcudart.so.13")
+    except OSError:
+        return None
+
+
+def _synchronize() -> None:
+    """Waits for the copies: a device-to-device copy may return before it is done, and the next
+    step runs on ONNX Runtime's own stream."""
+    status = _cuda_runtime().cudaDeviceSynchronize()
+    if status != 0:
+        raise RuntimeError(f"cudaDeviceSynchronize failed with CUDA error {status}")

@@ -319,3 +319,24 @@ def test_cuda_answers_equal_the_cpu_providers_on_the_same_folder(smollm2_cuda_fo
             engine.close()
 
     assert answers["cuda"] == answers["cpu"]
+
+
+@cuda
+def test_slot_moves_on_the_gpu_equal_numpy_moves():
+    from service.kv_cache import SlotCache
+
+    device, host = SlotCache(2, 3, 8, 16, slots=3, device="cuda", dtype=np.float16), {}
+    random = np.random.default_rng(0)
+    for key, value in device._values.items():
+        host[key] = random.normal(size=(3, 3, 16, 8)).astype(np.float16)
+        value.update_inplace(host[key])
+
+    device.swap_prefixes(0, 5, 2, 9)
+    device.copy_prefix(2, 1, 4)
+
+    for key, values in host.items():
+        kept = values[0, :, :5].copy()
+        values[0, :, :9] = values[2, :, :9]
+        values[2, :, :5] = kept
+        values[1, :, :4] = values[2, :, :4]
+        assert np.array_equal(device._values[key].numpy(), values)
