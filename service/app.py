@@ -23,7 +23,7 @@ from service.logs import RequestLogMiddleware
 from service.metrics import HTTPMetricsMiddleware, Metrics, metrics_endpoint
 from service.openapi import openapi_document
 from service.registry import ModelRegistry
-from service.routes import chat, completions, health, models, sessions, ws
+from service.routes import chat, completions, health, models, session_edits, sessions, ws
 from service.settings import Settings
 from service.storage import check_database_url, open_storage
 from service.storage_errors import DatabaseUnavailable, StorageError, StorageFull, UnstorableValue
@@ -97,6 +97,8 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         Route("/v1/sessions", sessions.list_sessions, methods=["GET"]),
         Route("/v1/sessions/{session_id}", sessions.get_session, methods=["GET"]),
         Route("/v1/sessions/{session_id}", sessions.delete_session, methods=["DELETE"]),
+        Route("/v1/sessions/{session_id}", session_edits.update_session, methods=["PATCH"]),
+        Route("/v1/sessions/{session_id}/turns", session_edits.append_turn, methods=["POST"]),
         Route("/v1/sessions/{session_id}/turns/last", sessions.delete_last_turn, methods=["DELETE"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
         WebSocketRoute("/v1/ws", ws.chat_socket),
@@ -110,7 +112,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_origin_regex=settings.cors_origin_regex,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["Retry-After", "X-Request-ID"],  # the SPA shows how long to wait
             max_age=600,

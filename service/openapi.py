@@ -13,7 +13,7 @@ import msgspec
 
 from service import SERVICE_VERSION
 from service.routes.models import RegisterModelRequest
-from service.schemas import ChatCompletionRequest, CompletionRequest, CreateSessionRequest
+from service.schemas import AppendTurnRequest, ChatCompletionRequest, CompletionRequest, CreateSessionRequest, UpdateSessionRequest
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,24 @@ OPERATIONS: list[Operation] = [
     ),
     Operation("GET", "/v1/sessions", "List sessions, newest first; ?q= searches past messages, ?limit and ?after page", errors=(400,)),
     Operation("GET", "/v1/sessions/{session_id}", "One session with its messages", errors=(404,)),
+    Operation(
+        "PATCH",
+        "/v1/sessions/{session_id}",
+        "Rename a session or replace its metadata",
+        UpdateSessionRequest,
+        errors=(400, 404),
+        example={"title": "Trip to Lisbon"},
+    ),
     Operation("DELETE", "/v1/sessions/{session_id}", "Delete a session and its messages", errors=(404,)),
+    Operation(
+        "POST",
+        "/v1/sessions/{session_id}/turns",
+        "Store a turn the client already holds (e.g. an answer it stopped) as the session's next turn, without generating",
+        AppendTurnRequest,
+        success=201,
+        errors=(400, 404),
+        example={"messages": [{"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": "Once upon a"}]},
+    ),
     Operation(
         "DELETE",
         "/v1/sessions/{session_id}/turns/last",

@@ -160,6 +160,19 @@ class PostgresSessionStore:
             cursor = connection.execute(f"DELETE FROM sessions WHERE id = %s AND {owner_clause}", (session_id, *owner_parameters))
             return cursor.rowcount > 0
 
+    def update(
+        self, session_id: str, owner: str | None = None, *, title: str | None = None, metadata: dict | None = None
+    ) -> StoredSession | None:
+        owner_clause, owner_parameters = _owner_is(owner)
+        new_metadata = None if metadata is None else Json(metadata)
+        with self._database.transaction() as connection:
+            connection.execute(
+                "UPDATE sessions SET title = COALESCE(%s, title), metadata = COALESCE(%s, metadata), updated = %s "
+                f"WHERE id = %s AND {owner_clause}",
+                (title, new_metadata, int(time.time()), session_id, *owner_parameters),
+            )
+            return self._session(connection, session_id, owner)
+
     def append_turn(self, session_id: str, messages: list[NewMessage], owner: str | None = None) -> int:
         """The session's row lock orders appends from every replica: the second waits for the
         first to commit, then reads positions that include the first's turn."""

@@ -143,3 +143,16 @@ class CreateSessionRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     max_turns: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
     max_tokens: Annotated[int, Meta(ge=0, le=100_000_000)] | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=MAX_METADATA_PAIRS)] | None = None
+
+
+class UpdateSessionRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """PATCH /v1/sessions/{id}: a field left out stays as it is; metadata is replaced whole."""
+
+    title: Annotated[str, Meta(max_length=256)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=MAX_METADATA_PAIRS)] | None = None
+
+
+class AppendTurnRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/sessions/{id}/turns: a turn the client already has (an answer it stopped)."""
+
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]

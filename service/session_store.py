@@ -138,6 +138,13 @@ class SessionStore(Protocol):
         """Deletes the session with its messages; False if this owner has no such session."""
         ...
 
+    def update(
+        self, session_id: str, owner: str | None = None, *, title: str | None = None, metadata: dict | None = None
+    ) -> StoredSession | None:
+        """Sets the title and/or replaces the metadata (None leaves each as it is) and `updated`;
+        None if this owner has no such session."""
+        ...
+
     def append_turn(self, session_id: str, messages: list[NewMessage], owner: str | None = None) -> int:
         """Appends one turn (a request's messages and its answer) atomically; returns its number.
         Concurrent appends to one session store whole turns one after the other, never

@@ -280,6 +280,18 @@ class SQLiteSessionStore:
             cursor = connection.execute("DELETE FROM sessions WHERE id = ? AND owner IS ?", (session_id, owner))
             return cursor.rowcount > 0
 
+    def update(
+        self, session_id: str, owner: str | None = None, *, title: str | None = None, metadata: dict | None = None
+    ) -> StoredSession | None:
+        new_metadata = None if metadata is None else json.dumps(metadata)
+        with self._transaction(write=True) as connection:
+            connection.execute(
+                "UPDATE sessions SET title = COALESCE(?, title), metadata = COALESCE(?, metadata), updated = ? "
+                "WHERE id = ? AND owner IS ?",
+                (title, new_metadata, int(time.time()), session_id, owner),
+            )
+            return self._session(connection, session_id, owner)
+
     def append_turn(self, session_id: str, messages: list[NewMessage], owner: str | None = None) -> int:
         """Positions and the turn number are taken inside a write transaction, which SQLite
         runs one at a time."""

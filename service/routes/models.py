@@ -47,6 +47,8 @@ def describe(entry: ModelEntry) -> dict:
         description["context_length"] = entry.engine.capacity
         description["max_batch"] = entry.engine.runner.slots
         description["provider"] = entry.engine.placement.name
+        # What a request that sets no sampling option gets (generation.json), so clients can show it.
+        description["generation_defaults"] = entry.engine.folder.generation.get("defaults", {})
     return description
 
 
