@@ -35,6 +35,8 @@ RETRY_AFTER_DATABASE = 2
 # Session searches run on threads of their own, at most this many at once, so that searches
 # never take the threads every other session request uses.
 SEARCH_THREADS = 2
+# Prompts are tokenized and templated on threads of their own (routes/generation.py, off_loop).
+TOKENIZER_THREADS = 2
 
 
 async def _openapi(request) -> JSONResponse:
@@ -79,6 +81,7 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         app.state.started = True
         yield
         app.state.search_threads.shutdown(cancel_futures=True)
+        app.state.tokenizer_threads.shutdown(cancel_futures=True)
         registry.close()
         storage.close()
 
@@ -143,5 +146,6 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
     app.state.started = False
     app.state.draining = False
     app.state.search_threads = ThreadPoolExecutor(SEARCH_THREADS, thread_name_prefix="search")
+    app.state.tokenizer_threads = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="tokenize")
     app.state.guards = Guards(settings.max_messages, settings.max_prompt_tokens, settings.max_completion_tokens)
     return app

@@ -386,3 +386,32 @@ def test_a_state_changing_request_from_a_foreign_page_is_refused(server, method,
 def test_a_state_changing_request_from_a_loopback_page_is_answered(server):
     response = httpx.post(f"{server.url}/v1/sessions", json={}, headers={"Origin": "http://127.0.0.1:5173"}, timeout=30)
     assert response.status_code == 201, response.text
+
+
+# 9. Large prompts are tokenized off the event loop.
+
+
+@pytest.fixture(scope="module")
+def large_body_server(tiny_model_dir, artifacts):
+    process = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--max-body-bytes", "4000000",
+                             log_path=artifacts / "large_body_server.log")
+    yield process
+    process.stop()
+
+
+def test_large_prompts_leave_the_server_answering(large_body_server):
+    url = large_body_server.url
+    huge = {**CHAT, "messages": [{"role": "user", "content": "many words here " * 65_000}]}  # about 1 MB
+    answers: list[httpx.Response] = []
+    senders = [threading.Thread(target=lambda: answers.append(httpx.post(f"{url}/v1/chat/completions", json=huge, timeout=300)))
+               for _ in range(6)]
+    for sender in senders:
+        sender.start()
+    slowest = 0.0
+    while any(sender.is_alive() for sender in senders):
+        started = time.monotonic()
+        httpx.get(f"{url}/livez", timeout=60)
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.05)
+    assert [response.json()["error"]["code"] for response in answers] == ["context_length_exceeded"] * 6
+    assert slowest < 1, f"/livez took {slowest:.2f}s while the prompts were tokenized"

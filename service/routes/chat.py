@@ -77,7 +77,7 @@ async def create_chat_completion(request: Request) -> Response:
     entry = ready_model(request.app.state.registry, body.model)
     engine = entry.engine
     history = await session_history(request, body.session_id) if body.session_id is not None else None
-    prompt_ids = chat_prompt_ids(engine, body, history)
+    prompt_ids = await generation.off_loop(request, chat_prompt_ids, engine, body, history)
     requests = generation.choices_of(chat_generation_request(engine, body, prompt_ids), body.n)
     charge = limits.check_admission(request, requests, "messages")
     try:

@@ -77,7 +77,7 @@ async def create_completion(request: Request) -> Response:
     request.app.state.guards.check_completion(body.max_tokens, "max_tokens")
     entry = ready_model(request.app.state.registry, body.model)
     engine = entry.engine
-    prompts = _prompt_ids(engine, body)
+    prompts = await generation.off_loop(request, _prompt_ids, engine, body)
     requests = [
         choice for ids in prompts for choice in generation.choices_of(_generation_request(engine, body, ids), body.n)
     ]

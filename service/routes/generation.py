@@ -5,10 +5,12 @@ collected whole or merged into one stream, usage and log-probabilities in OpenAI
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import TypeVar
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from service.engine import Engine, EngineBusy, Failed, Finished, GenerationRequest, PromptScores, TextDelta, Ticket
 from service.errors import APIError
@@ -16,9 +18,18 @@ from service.sampler import SamplingParams
 from service.schemas import GenerationOptions
 from service.sequence import TokenLogprob
 
+Result = TypeVar("Result")
+
 # Seconds a refused client is told to wait before trying again.
 RETRY_AFTER_BUSY = 1
 RETRY_AFTER_TIMEOUT = 5
+
+
+async def off_loop(connection: HTTPConnection, work: Callable[..., Result], *arguments) -> Result:
+    """Runs tokenizing or templating on the app's tokenizer threads: a megabyte prompt takes
+    seconds, which on the event loop would stall every stream and probe; the threads' number
+    bounds how much of the machine such prompts can take at once."""
+    return await asyncio.get_running_loop().run_in_executor(connection.app.state.tokenizer_threads, partial(work, *arguments))
 
 
 def sampling_params(engine: Engine, body: GenerationOptions, logprobs: bool, top_logprobs: int) -> SamplingParams:

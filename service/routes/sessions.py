@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse
 
 from service.engine import Engine
 from service.errors import APIError
-from service.model_folder import ModelFolder
+from service.model_folder import ModelFolder, token_ids
+from service.routes import generation
 from service.schemas import ChatMessage, CreateSessionRequest, decode_body
 from service.storage_errors import StorageError, StorageFull, UnstorableValue
 from service.text_search import search_terms
@@ -60,7 +61,7 @@ def _not_found(session_id: str, param: str | None = None) -> APIError:
 
 def content_tokens(folder: ModelFolder, text: str) -> int:
     """Tokens of a message's text alone, without the chat template around it."""
-    return len(folder.tokenizer.encode(text, add_special_tokens=False).ids)
+    return len(token_ids(folder.tokenizer, text))
 
 
 def describe(session: StoredSession) -> dict:
@@ -115,7 +116,7 @@ async def create_session(request: Request) -> JSONResponse:
         folder = entry.folder
     system_prompt = None
     if body.system_prompt is not None:
-        tokens = content_tokens(folder, body.system_prompt) if folder is not None else None
+        tokens = await generation.off_loop(request, content_tokens, folder, body.system_prompt) if folder is not None else None
         system_prompt = NewMessage("system", body.system_prompt, tokens)
     store, owner = _store(request), owner_of(request)
 
@@ -294,9 +295,13 @@ class SessionHistory:
         """Stores the request's messages and the answer as one turn, in one transaction; raises
         TurnNotSaved when the store cannot (a full disk, the database down)."""
         texts = [(message.role, message.text()) for message in request_messages] + [("assistant", answer)]
-        messages = [NewMessage(role, text, content_tokens(engine.folder, text)) for role, text in texts]
+
+        def append() -> None:  # the texts are counted off the event loop too
+            messages = [NewMessage(role, text, content_tokens(engine.folder, text)) for role, text in texts]
+            self.store.append_turn(self.session.id, messages, self.session.owner)
+
         try:
-            await asyncio.to_thread(self.store.append_turn, self.session.id, messages, self.session.owner)
+            await asyncio.to_thread(append)
         except SessionNotFound as error:
             message = f"the session {self.session.id!r} was deleted while answering; the turn was not saved"
             raise APIError(404, message, param="session_id", code="session_not_found") from error

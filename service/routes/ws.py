@@ -147,7 +147,7 @@ class ChatSocket:
         entry = ready_model(self.registry, body.model)
         # The socket's handshake carries the key, so it sees the sessions that key owns.
         history = await session_history(self.websocket, body.session_id) if body.session_id is not None else None
-        prompt_ids = chat.chat_prompt_ids(entry.engine, body, history)
+        prompt_ids = await generation.off_loop(self.websocket, chat.chat_prompt_ids, entry.engine, body, history)
         requests = generation.choices_of(chat.chat_generation_request(entry.engine, body, prompt_ids), body.n)
         limits.take_stream(self.websocket)  # the key's streams count generations, not sockets
         try:
