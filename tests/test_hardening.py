@@ -415,3 +415,38 @@ def test_large_prompts_leave_the_server_answering(large_body_server):
         time.sleep(0.05)
     assert [response.json()["error"]["code"] for response in answers] == ["context_length_exceeded"] * 6
     assert slowest < 1, f"/livez took {slowest:.2f}s while the prompts were tokenized"
+
+
+# 11. Why a registration failed is for admin keys; special files are refused at once.
+
+USER_KEY = "sk-test-user-0123456789abcdef0123456789abcdef"
+ADMIN_KEY = "sk-test-admin-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tiny_model_dir, artifacts):
+    process = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--api-key", USER_KEY, "--admin-key", ADMIN_KEY,
+                             log_path=artifacts / "hardening_keyed_server.log")
+    yield process
+    process.stop()
+
+
+def test_a_failed_registrations_paths_are_shown_only_to_admin_keys(keyed_server):
+    url = keyed_server.url
+    registered = httpx.post(f"{url}/v1/models", json={"id": "passwords", "source": "/etc/passwd"}, headers=bearer(ADMIN_KEY), timeout=30)
+    assert registered.status_code == 202, registered.text
+    wait_until(lambda: httpx.get(f"{url}/v1/models/passwords", headers=bearer(ADMIN_KEY), timeout=30).json()["status"] == "failed",
+               timeout=60)
+
+    seen_by_admin = httpx.get(f"{url}/v1/models/passwords", headers=bearer(ADMIN_KEY), timeout=30).json()["error"]
+    seen_by_user = [httpx.get(f"{url}/v1/models/passwords", headers=bearer(USER_KEY), timeout=30).json()["error"],
+                    *[model.get("error", "") for model in httpx.get(f"{url}/v1/models", headers=bearer(USER_KEY), timeout=30).json()["data"]],
+                    httpx.post(f"{url}/v1/chat/completions", json={**CHAT, "model": "passwords"}, headers=bearer(USER_KEY), timeout=30).text]
+    assert "/etc/passwd" in seen_by_admin
+    assert not any("/etc/passwd" in text for text in seen_by_user), seen_by_user
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "/proc/self/environ", "/dev/null"])
+def test_registering_a_special_file_is_refused_at_once(keyed_server, source):
+    response = httpx.post(f"{keyed_server.url}/v1/models", json={"id": "special", "source": source}, headers=bearer(ADMIN_KEY), timeout=30)
+    assert_error(response, 400, param="source", code="invalid_source")

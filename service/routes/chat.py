@@ -74,7 +74,7 @@ def chat_generation_request(engine: Engine, body: ChatCompletionRequest, prompt_
 async def create_chat_completion(request: Request) -> Response:
     body = decode_body(await request.body(), ChatCompletionRequest)
     check_guards(request, body)
-    entry = ready_model(request.app.state.registry, body.model)
+    entry = ready_model(request, body.model)
     engine = entry.engine
     history = await session_history(request, body.session_id) if body.session_id is not None else None
     prompt_ids = await generation.off_loop(request, chat_prompt_ids, engine, body, history)

@@ -75,7 +75,7 @@ def _prompt_text(engine: Engine, body: CompletionRequest, index: int, ids: list[
 async def create_completion(request: Request) -> Response:
     body = decode_body(await request.body(), CompletionRequest)
     request.app.state.guards.check_completion(body.max_tokens, "max_tokens")
-    entry = ready_model(request.app.state.registry, body.model)
+    entry = ready_model(request, body.model)
     engine = entry.engine
     prompts = await generation.off_loop(request, _prompt_ids, engine, body)
     requests = [

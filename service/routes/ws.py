@@ -23,7 +23,7 @@ from service import limits
 from service.engine import Failed, Finished, GenerationRequest, TextDelta
 from service.cross_site import origin_allowed
 from service.errors import APIError, error_body
-from service.registry import ModelEntry, ModelRegistry
+from service.registry import ModelEntry
 from service.routes import chat, generation
 from service.routes.models import ready_model
 from service.routes.sessions import SessionHistory, session_history
@@ -62,15 +62,14 @@ async def chat_socket(websocket: WebSocket) -> None:
         await websocket.close()  # before accepting: the handshake is refused with 403
         return
     await websocket.accept()
-    await ChatSocket(websocket, websocket.app.state.registry).serve()
+    await ChatSocket(websocket).serve()
 
 
 class ChatSocket:
     """One accepted socket: reads messages, runs each chat completion as its own task."""
 
-    def __init__(self, websocket: WebSocket, registry: ModelRegistry) -> None:
+    def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
-        self.registry = registry
         self.requests: dict[str, asyncio.Task] = {}  # in flight, by client id
         self.started = 0  # chat requests accepted on this socket; the handshake paid for the first
         self._send_lock = asyncio.Lock()
@@ -144,7 +143,7 @@ class ChatSocket:
         self.started += 1
         body = decode_body(data, ChatCompletionRequest)
         chat.check_guards(self.websocket, body)
-        entry = ready_model(self.registry, body.model)
+        entry = ready_model(self.websocket, body.model)
         # The socket's handshake carries the key, so it sees the sessions that key owns.
         history = await session_history(self.websocket, body.session_id) if body.session_id is not None else None
         prompt_ids = await generation.off_loop(self.websocket, chat.chat_prompt_ids, entry.engine, body, history)
