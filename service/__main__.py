@@ -115,6 +115,18 @@ def unauthenticated_exposure(settings: Settings) -> str | None:
     )
 
 
+# Keys given as text (flags, LLM_API_KEYS, the config file) shorter than this are guessable.
+MIN_KEY_LENGTH = 16
+
+
+def weak_keys(settings: Settings) -> list[str]:
+    """Which keys given as text are shorter than MIN_KEY_LENGTH, by the names `keys list` would
+    give them (api-key-1, admin-key-2), never the keys themselves."""
+    named = [(f"api-key-{index}", key) for index, key in enumerate(settings.api_keys, start=1)]
+    named += [(f"admin-key-{index}", key) for index, key in enumerate(settings.admin_keys, start=1)]
+    return [name for name, key in named if len(key) < MIN_KEY_LENGTH]
+
+
 def keys_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service keys", description="Manage API keys (stored as SHA-256 hashes).")
     parser.add_argument(
@@ -199,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     if (reason := unauthenticated_exposure(settings)) is not None:
         print(f"error: {reason}", file=sys.stderr)
         return 2
+    if weak := weak_keys(settings):
+        problem = f"{', '.join(weak)} shorter than {MIN_KEY_LENGTH} characters, easy to guess; `python -m service keys create` makes strong ones"
+        if not is_loopback(settings.host):
+            print(f"error: refusing to listen on {settings.host} with {problem}", file=sys.stderr)
+            return 2
+        log.warning("weak API keys", extra={"problem": problem})
     try:
         asyncio.run(_serve(settings))
     except LifespanFailureError:

@@ -450,3 +450,26 @@ def test_a_failed_registrations_paths_are_shown_only_to_admin_keys(keyed_server)
 def test_registering_a_special_file_is_refused_at_once(keyed_server, source):
     response = httpx.post(f"{keyed_server.url}/v1/models", json={"id": "special", "source": source}, headers=bearer(ADMIN_KEY), timeout=30)
     assert_error(response, 400, param="source", code="invalid_source")
+
+
+# 13. Short keys.
+
+
+def test_a_short_key_beyond_loopback_stops_startup(tiny_model_dir):
+    started = subprocess.run(
+        [sys.executable, "-m", "service", "--model", f"tiny={tiny_model_dir}", "--host", "0.0.0.0", "--port", str(free_port()),
+         "--admin-key", "x"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert started.returncode == 2 and "admin-key-1 shorter than 16 characters" in started.stderr, started.stderr
+    assert "'x'" not in started.stderr
+
+
+def test_a_short_key_on_loopback_starts_with_a_warning(tiny_model_dir, artifacts):
+    process = ServiceProcess("--model", f"tiny={tiny_model_dir}", "--api-key", "short", log_path=artifacts / "short_key_server.log")
+    try:
+        answered = httpx.get(f"{process.url}/v1/models", headers=bearer("short"), timeout=30).status_code
+        log = process.log()
+    finally:
+        process.stop()
+    assert answered == 200 and "weak API keys" in log and "api-key-1 shorter than 16 characters" in log, log
