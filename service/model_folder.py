@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import llguidance
 from tokenizers import Tokenizer
 
 from service.chat_template import ChatTemplate
+from service.constraints import grammar_tokenizer
 
 SUPPORTED_MANIFEST_FORMAT = 1
 
@@ -68,6 +70,11 @@ class ModelFolder:
             tokenizer = self._plain_text_tokenizer if is_content else self.tokenizer
             ids.extend(token_ids(tokenizer, text))
         return self._with_bos(ids)
+
+    @cached_property
+    def grammar_tokenizer(self) -> llguidance.LLTokenizer:
+        """The vocabulary as llguidance reads it, for grammars (service.constraints); built on first use."""
+        return grammar_tokenizer(self.tokenizer.to_str(), self.config["vocab_size"], sorted(self.stop_token_ids))
 
     @cached_property
     def _plain_text_tokenizer(self) -> Tokenizer:

@@ -127,6 +127,7 @@ class Sampler:
         # Reused across calls: fresh vocabulary-sized arrays each token cost page faults.
         self._scores: np.ndarray | None = None
         self._weights: np.ndarray | None = None
+        self._masked: np.ndarray | None = None
         # A plain draw that fell beyond the candidates: (candidate ids, the draw's target in
         # probability) for _draw_beyond_candidates, which walks on through the other tokens.
         self._tail_target: tuple[np.ndarray, float] | None = None
@@ -136,24 +137,30 @@ class Sampler:
         """Whether choosing a token reads the whole row: log-probabilities, bias and penalties do."""
         return self.params.logprobs or bool(self._bias_ids.size) or self._seen is not None or self._generated is not None
 
-    def __call__(self, logits: np.ndarray | CandidateRow) -> SampledToken:
+    def __call__(self, logits: np.ndarray | CandidateRow, allowed: np.ndarray | None = None) -> SampledToken:
         """Chooses the next token from one row of float32 logits (vocab,) or its candidates, and
-        remembers it for the penalties."""
+        remembers it for the penalties. `allowed` (vocab,) booleans, from a grammar, keeps the
+        choice among those tokens (after bias and penalties, before temperature)."""
         if isinstance(logits, CandidateRow):
-            token_id = None if self.needs_every_logit else self._from_candidates(logits)
+            token_id = None if self.needs_every_logit or allowed is not None else self._from_candidates(logits)
             if token_id is None:
                 logits = logits.full_logits()
-                token_id = self._draw_beyond_candidates(logits) if self._tail_target else self._choose(logits)
+                token_id = self._draw_beyond_candidates(logits) if self._tail_target else self._choose(logits, allowed)
         else:
-            token_id = self._choose(logits)
+            token_id = self._choose(logits, allowed)
         if self._seen is not None:
             self._seen.add(token_id)
         if self._generated is not None:
             self._generated.add(token_id)
         return self._sampled(logits, token_id)
 
-    def _choose(self, logits: np.ndarray) -> int:
+    def _choose(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> int:
         scores = self._adjusted(logits)
+        if allowed is not None:
+            self._masked = _scratch(self._masked, scores)
+            self._masked.fill(-np.inf)
+            np.copyto(self._masked, scores, where=allowed)
+            scores = self._masked
         if self.params.temperature == 0 or self.params.top_k == 1:
             return int(np.argmax(scores))
         return self._draw(scores)

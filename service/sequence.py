@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.constraints import CompiledGrammar, GrammarError
 from service.detokenizer import Detokenizer
 from service.sampler import SampledToken, Sampler, SamplingParams
 from service.stop_strings import StopMatcher
@@ -33,6 +34,8 @@ class GenerationRequest:
     # Score the prompt too (`echo` with `logprobs`): how many alternatives per prompt position;
     # None leaves the prompt unscored.
     prompt_logprobs: int | None = None
+    # A grammar the generated tokens must follow (service.constraints); None: any tokens.
+    grammar: CompiledGrammar | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class Sequence:
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.request.sampling, self.request.prompt_ids)
         self.stops = StopMatcher(self.request.stop)
+        self.grammar = self.request.grammar.start() if self.request.grammar is not None else None
 
     def cached_tokens(self) -> list[int]:
         """The token ids whose keys and values this sequence has put in its slot, in order."""
@@ -140,17 +144,27 @@ class Sequence:
 
     def take(self, logits: np.ndarray, capacity: int) -> bool:
         """Samples the next token from `logits` and tells the client; True when finished."""
-        sampled: SampledToken = self.sampler(logits)
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        if sampled.token_id in self.stop_ids and not self.request.ignore_eos:
-            return self.finish("stop")
+        try:
+            allowed = self.grammar.allowed() if self.grammar is not None else None
+            sampled: SampledToken = self.sampler(logits, allowed)
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+            if sampled.token_id in self.stop_ids and not self.request.ignore_eos:
+                return self.finish("stop")
+            if self.grammar is not None:
+                self.grammar.take(sampled.token_id)
+        except GrammarError as error:  # this sequence's grammar failed; the others go on
+            self.state = DONE
+            self.emit(Failed(str(error), code="grammar_failed"))
+            return True
         self.generated += 1
         self.outputs.append(sampled.token_id)
         text, stopped = self.stops.feed(self.detokenizer.add(sampled.token_id))
         self.emit(TextDelta(text, TokenLogprob(sampled.token_id, sampled.logprob, sampled.top_logprobs)))
         if stopped:
             return self.finish("stop", release=False)
+        if self.grammar is not None and self.grammar.finished:
+            return self.finish("stop")
         if self.generated >= self.request.max_new_tokens or self.cached >= capacity:
             return self.finish("length")
         self.pending = sampled.token_id
