@@ -27,14 +27,14 @@ from converter.convert import ConversionOptions, convert
 from service.engine import decode_loop_for
 from service.model_folder import ModelFolder
 from service.runtime import choose_placement, create_session
-from service.settings import embedded_default_model
+from service.settings import Settings, embedded_default_model
 from tests.real_models import gemma3_gguf
 from tests.scoring import PARITY_TEXT, perplexity
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = {
     "--quant keep": ConversionOptions(),
-    "--quant keep --activations int8 (the service's default)": ConversionOptions(activations="int8"),
+    "--quant keep --activations int8": ConversionOptions(activations="int8"),
     "--quant int8": ConversionOptions(quant="int8"),
     "--quant int8 --activations int8": ConversionOptions(quant="int8", activations="int8"),
     "--quant int4 (q4_1)": ConversionOptions(quant="int4"),
@@ -93,6 +93,7 @@ def main() -> None:
         "| model | options | size (MB) | convert (s) | load (s) | perplexity | reference perplexity | top-1 agreement |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    service_default = ConversionOptions(activations=Settings().activations)
     for model_name, source in sources.items():
         with tempfile.TemporaryDirectory() as probe:  # the converted tokenizer gives the token ids
             ids = ModelFolder.load(convert(source, Path(probe) / "probe")).encode(PARITY_TEXT)
@@ -105,7 +106,7 @@ def main() -> None:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             lines.append(
-                f"| {model_name} | {mode} | {row['megabytes']:.0f} | {row['convert_seconds']:.1f} | {row['load_seconds']:.2f} "
+                f"| {model_name} | {mode}{' (the service default)' if options == service_default else ''} | {row['megabytes']:.0f} | {row['convert_seconds']:.1f} | {row['load_seconds']:.2f} "
                 f"| {row['perplexity']:.3f} | {reference_perplexity:.3f} | {row['top1'] * 100:.1f}% |"
             )
             print(lines[-1], flush=True)

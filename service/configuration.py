@@ -103,9 +103,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("engine", "queue_timeout", float, "seconds a request may wait for a slot before a 503", minimum=0.1),
     Option(
         "engine", "activations", str,
-        "how models the service converts treat activations in quantized matmuls: int8 blocks as llama.cpp does "
-        "(fast, batches well) or fp32 (reproduces transformers exactly); folders converted already keep theirs",
-        choices=("int8", "fp32"),
+        "how models the service converts treat activations in quantized matmuls: fp32 reproduces transformers "
+        "exactly; int8 blocks as llama.cpp does are faster and batch well but change about one next token in 30; "
+        "folders converted already keep theirs",
+        choices=("fp32", "int8"),
     ),
     Option("engine", "memory_budget_mb", int, "megabytes all loaded models may take, weights plus full KV caches; 0: no limit", minimum=0),
     Option(

@@ -53,10 +53,11 @@ class Settings:
     max_batch: int = 8
     max_waiting: int = 64
     queue_timeout: float = 60.0
-    # How the service converts GGUF files and checkpoints it is given: int8 activations, as
-    # llama.cpp's own dot products use (ORT's batched kernels need them: about 4x the tokens per
-    # second at 8 streams), or fp32 for transformers' logits exactly (converter/convert.py).
-    activations: str = "int8"
+    # How the service converts GGUF files and checkpoints it is given: float32 activations, so a
+    # model answers as transformers does on the same file (int8 activations, as llama.cpp's dot
+    # products use, flip one next token in 30: docs/conversion.md), or int8 for speed (ORT's
+    # fast batched kernels need them; float ones also make the engine decode rows one at a time).
+    activations: str = "fp32"
     # Megabytes all loaded models may take (weights plus full KV caches); 0: no limit.
     memory_budget_mb: int = 0
     # Seconds of silence after which an SSE stream gets a keep-alive comment.

@@ -1,7 +1,7 @@
 """Same seed, same answer: a seeded request's tokens and log-probabilities do not depend on
 whether its prompt's prefix came from the prefix cache, nor on what else shares the batch. Checked
-on the engine with the service's default conversion and with float activations, then over SSE and
-the WebSocket on a real server."""
+on the engine with int8 activations (whose decode rows batch) and float activations (whose rows the
+engine runs one at a time), then over SSE and the WebSocket on a real server."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from service.engine import Admitted, Engine, EngineLimits, GenerationRequest, Te
 from service.model_folder import ModelFolder
 from service.runtime import choose_placement
 from service.sampler import SamplingParams
-from service.settings import Settings
 from tests.support import REPO
 from tests.test_websocket import ENDINGS, LONG, open_socket, receive, send, wait_until_streaming
 
@@ -26,10 +25,9 @@ STORY = "Tell me a story about a dragon named Elena."
 SMOL = "SmolLM2-135M-Instruct"
 
 
-@pytest.fixture(scope="module", params=["default activations", "fp32 activations"])
+@pytest.fixture(scope="module", params=["int8", "fp32"], ids=lambda activations: f"{activations} activations")
 def folder(request, smollm2_gguf) -> ModelFolder:
-    activations = Settings().activations if request.param == "default activations" else "fp32"
-    return ModelFolder.load(cached_conversion(smollm2_gguf, REPO / "models", ConversionOptions(activations=activations)))
+    return ModelFolder.load(cached_conversion(smollm2_gguf, REPO / "models", ConversionOptions(activations=request.param)))
 
 
 def chat_prompt(folder: ModelFolder, *turns: str) -> list[int]:

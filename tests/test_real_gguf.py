@@ -1,4 +1,5 @@
-"""Real GGUF models converted with `--quant keep` compute what transformers computes on the same file.
+"""Real GGUF models converted as the service converts them by default compute what transformers
+computes on the same file.
 
 The reference is transformers loading the very same GGUF in float32 (it dequantizes every
 tensor with gguf-py), so any difference is the converter's or the runtime's.
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 from converter.cache import cached_conversion
+from converter.convert import ConversionOptions
 from service.generator import Generator, ModelShape
 from service.model_folder import ModelFolder
 from service.runtime import choose_placement, create_session
+from service.settings import Settings
 from tests.scoring import PARITY_TEXT, perplexity
 from tests.support import REPO
 
@@ -26,7 +29,7 @@ def side_by_side(request):
     from transformers import AutoModelForCausalLM
 
     source = request.getfixturevalue(request.param)
-    folder = ModelFolder.load(cached_conversion(source, REPO / "models"))
+    folder = ModelFolder.load(cached_conversion(source, REPO / "models", ConversionOptions(activations=Settings().activations)))
     ids = folder.encode(PARITY_TEXT)
     session = create_session(folder.path / "model.onnx", choose_placement("cpu"), threads=2)
     ours = Generator(session, ModelShape.from_config(folder.config), capacity=len(ids)).prompt_logits(ids)
@@ -56,4 +59,6 @@ def test_top1_next_token_agrees_with_the_reference(side_by_side):
 
     agreement = float((ours.argmax(-1) == reference.argmax(-1)).mean())
 
-    assert agreement >= 0.99, f"top-1 agreement {agreement:.4f}"
+    # Issue 18: the default must not flip more than one next token in 200 (int8 activations flip
+    # about one in 30, docs/conversion.md).
+    assert agreement >= 0.995, f"top-1 agreement {agreement:.4f}"
