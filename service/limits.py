@@ -13,6 +13,7 @@ a place while it runs, and so does each chat completion running on a WebSocket.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ class KeyLimits:
 
     def release_stream(self) -> None:
         self.streams_open -= 1
+
+
+# Seconds a request's body may take to arrive, from the first read: 1 MiB needs 8 s at 1 Mbit/s.
+BODY_SECONDS = 10.0
 
 
 def _rate_limited(message: str, code: str, wait: float) -> APIError:
@@ -175,7 +180,9 @@ def charge_tokens(connection: HTTPConnection, tokens: int) -> Charge:
 
 
 class BodySizeLimitMiddleware:
-    """Refuses request bodies over `max_bytes` while they are read, before anything parses them."""
+    """Refuses request bodies over `max_bytes` while they are read, before anything parses them,
+    and bodies that take over BODY_SECONDS to arrive (a client sending a byte at a time would
+    otherwise hold its connection as long as it likes)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -188,25 +195,36 @@ class BodySizeLimitMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.max_bytes:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if self.max_bytes and declared.isdigit() and int(declared) > self.max_bytes:
             await refuse(scope, receive, send, self.too_large(f"{int(declared)} bytes"))
             return
         received = 0
+        deadline = time.monotonic() + BODY_SECONDS
+        body_complete = False
 
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def bounded_receive() -> Message:
+            nonlocal received, body_complete
+            if body_complete:  # what follows the body (a disconnect) may take as long as it takes
+                return await receive()
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    message = await receive()
+            except TimeoutError:
+                raise APIError(
+                    408, f"the request body did not arrive within {BODY_SECONDS:g}s", code="request_timeout"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                body_complete = not message.get("more_body", False)
+                if self.max_bytes and received > self.max_bytes:
                     raise self.too_large(f"over {received} bytes")  # the route's handler turns it into a 413
             return message
 
-        await self.app(scope, counted_receive, send)
+        await self.app(scope, bounded_receive, send)
 
 
 @dataclass(frozen=True)

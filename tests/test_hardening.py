@@ -473,3 +473,27 @@ def test_a_short_key_on_loopback_starts_with_a_warning(tiny_model_dir, artifacts
     finally:
         process.stop()
     assert answered == 200 and "weak API keys" in log and "api-key-1 shorter than 16 characters" in log, log
+
+
+# 14. Slow bodies and WebSocket protocol violations.
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off_with_a_408(server):
+    with create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n"
+        )
+        started, answer = time.monotonic(), b""
+        connection.settimeout(0.5)
+        while time.monotonic() - started < 20 and not answer.endswith(b"}"):
+            try:
+                connection.sendall(b" ")
+                answer += connection.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        seconds = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer, answer
+    assert seconds < 12, seconds
