@@ -6,7 +6,7 @@ import json
 import re
 from datetime import datetime
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -41,23 +41,29 @@ class ChatTemplate:
         environment.filters["tojson"] = _tojson
         environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         self.template = environment.from_string(source)
+        # Hugging Face templates that can describe tools read a `tools` variable.
+        self.knows_tools = "tools" in meta.find_undeclared_variables(environment.parse(source))
         self.bos_token = bos_token
         self.eos_token = eos_token
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        """`tools` (OpenAI's tool objects) go to templates that know them (see knows_tools)."""
         try:
             return self.template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **({"tools": tools} if tools else {}),
             )
         except ChatTemplateError:
             raise
         except (TemplateError, TypeError, KeyError, IndexError) as error:
             raise ChatTemplateError(f"the chat template could not render these messages: {error}") from error
 
-    def render_segments(self, messages: list[dict], add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+    def render_segments(
+        self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None
+    ) -> list[tuple[str, bool]]:
         """The rendered prompt as (text, is_message_content) pieces, in order.
 
         The template renders once with markers for contents; each marker becomes the content as the
@@ -69,8 +75,8 @@ class ChatTemplate:
             {**message, "content": _marker(index)} if isinstance(message.get("content"), str) else message
             for index, message in enumerate(messages)
         ]
-        pieces = _MARKER.split(self.render(marked, add_generation_prompt))
-        real = self.render(messages, add_generation_prompt)
+        pieces = _MARKER.split(self.render(marked, add_generation_prompt, tools))
+        real = self.render(messages, add_generation_prompt, tools)
         contents = [message.get("content") for message in messages]
         stripped = [content.strip() if isinstance(content, str) else content for content in contents]
 

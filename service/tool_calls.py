@@ -68,6 +68,39 @@ def written_call(name: str, arguments: str) -> str:
     return f"{OPEN}\n{json.dumps({'name': name, 'arguments': parsed}, ensure_ascii=False)}\n{CLOSE}"
 
 
+def prompt_messages(messages: list[dict], tools: list[Tool], template_knows_tools: bool) -> list[dict]:
+    """OpenAI chat messages as a template without tool support can render them: the tools in the
+    system prompt, earlier calls written into the assistant's text, and `tool` results as
+    `<tool_response>` blocks in a user turn (consecutive results in one). A template that knows
+    tools gets the messages as they are, and the tools through its `tools` variable."""
+    if template_knows_tools:
+        return messages
+    prepared: list[dict] = []
+    if tools:
+        prompt = tools_system_prompt(tools)
+        if messages and messages[0].get("role") in ("system", "developer"):
+            first = messages[0].get("content") or ""
+            prepared.append({"role": "system", "content": f"{first}\n\n{prompt}" if first else prompt})
+            messages = messages[1:]
+        else:
+            prepared.append({"role": "system", "content": prompt})
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant" and message.get("tool_calls"):
+            written = [written_call(call["function"]["name"], call["function"].get("arguments", "")) for call in message["tool_calls"]]
+            text = "\n".join(filter(None, [message.get("content") or "", *written]))
+            prepared.append({"role": "assistant", "content": text})
+        elif role == "tool":
+            response = f"<tool_response>\n{message.get('content') or ''}\n</tool_response>"
+            if prepared and prepared[-1].get("role") == "user" and prepared[-1]["content"].startswith("<tool_response>"):
+                prepared[-1] = {"role": "user", "content": prepared[-1]["content"] + "\n" + response}
+            else:
+                prepared.append({"role": "user", "content": response})
+        else:
+            prepared.append(message)
+    return prepared
+
+
 def _call_schema(tools: list[Tool]) -> dict:
     choices = [
         {

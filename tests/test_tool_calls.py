@@ -13,7 +13,7 @@ from service.engine import Engine, EngineLimits, Finished, GenerationRequest, Te
 from service.model_folder import ModelFolder
 from service.runtime import choose_placement
 from service.sampler import SamplingParams
-from service.tool_calls import CallStream, Tool, call_grammar, parse_calls, tools_system_prompt, written_call
+from service.tool_calls import CallStream, Tool, call_grammar, parse_calls, prompt_messages, tools_system_prompt, written_call
 
 WEATHER = Tool(
     "get_weather",
@@ -121,3 +121,32 @@ def test_auto_tool_choice_gives_text_or_valid_calls(folder, engine):
         assert "<tool_call>" not in text or calls, text
         for call in calls:
             jsonschema.validate(json.loads(call.arguments), {"get_weather": WEATHER, "add": ADD}[call.name].parameters)
+
+
+def test_a_conversation_with_calls_and_results_renders_for_a_template_without_tools(folder):
+    messages = [
+        {"role": "user", "content": "Add 2 and 3, then 4 and 5."},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "add", "arguments": '{"a": 4, "b": 5}'}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "5"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "9"},
+    ]
+
+    prompt = folder.chat_template.render(prompt_messages(messages, [ADD], folder.chat_template.knows_tools))
+
+    assert not folder.chat_template.knows_tools
+    assert '"name": "add"' in prompt.split("<|im_start|>user")[0]  # the tools, in the system prompt
+    assert written_call("add", '{"a": 2, "b": 3}') in prompt and written_call("add", '{"a": 4, "b": 5}') in prompt
+    assert prompt.count("<|im_start|>user") == 2 and "<tool_response>\n5\n</tool_response>\n<tool_response>\n9\n</tool_response>" in prompt
+
+
+def test_a_template_that_knows_tools_gets_them_itself():
+    from service.chat_template import ChatTemplate
+
+    template = ChatTemplate("{% for tool in tools %}[{{ tool.function.name }}]{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}")
+
+    rendered = template.render(prompt_messages([{"role": "user", "content": "hi"}], [ADD], template.knows_tools), tools=[ADD.as_openai()])
+
+    assert template.knows_tools and rendered == "[add]hi"
