@@ -4,11 +4,22 @@ and the server killed and started again in the middle of an answer."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from playwright.sync_api import expect
 
-from e2e.chat_page import ANSWER_TIMEOUT_MS, SMOL, TINY, last_answer, open_chat_page, wait_for_answer, wait_until_answer_grows
+from e2e.chat_page import (
+    SMOL,
+    TINY,
+    answer_source,
+    current_session_id,
+    last_answer,
+    open_chat_page,
+    stored_messages,
+    wait_for_answer,
+    wait_until_answer_grows,
+)
 
 
 def test_a_wrong_api_key_shows_the_bad_key_banner(page, keyed_service, spa_server):
@@ -53,9 +64,10 @@ def test_a_real_rate_limit_shows_how_long_to_wait(page, limited_service, spa_ser
 @pytest.mark.parametrize("transport", ["sse", "websocket"])
 def test_the_server_restarted_mid_answer_shows_a_banner_and_the_page_works_again(page, restartable_service, spa_server, transport):
     server = restartable_service
+    question = f"Write a very long story about a lighthouse keeper and the sea. ({uuid.uuid4().hex[:6]})"
     open_chat_page(page, server, spa_server)
     page.get_by_test_id("transport-select").select_option(transport)
-    page.get_by_test_id("prompt-input").fill("Write a very long story about a lighthouse keeper and the sea.")
+    page.get_by_test_id("prompt-input").fill(question)
     page.get_by_test_id("send-button").click()
     wait_until_answer_grows(page)
 
@@ -64,16 +76,20 @@ def test_the_server_restarted_mid_answer_shows_a_banner_and_the_page_works_again
     banner = page.get_by_test_id("error-banner")
     expect(banner).to_contain_text("connection to the server was lost", timeout=10_000)
     expect(last_answer(page)).not_to_have_class(re.compile(r"\bstreaming\b"))
-    expect(last_answer(page).get_by_test_id("answer-stats")).to_contain_text("not saved")
+    expect(last_answer(page).get_by_test_id("partial-note")).to_have_text("partial answer · not saved yet")
     expect(page.get_by_test_id("send-button")).to_be_enabled()
+    cut_short = answer_source(last_answer(page))
 
     server.start_again()
     server.wait_ready(120)
-    # The page notices the server is back by itself: the banner goes and a new message is answered.
+    # The page notices the server is back by itself: the banner goes, what arrived before the
+    # kill is stored as a partial turn, and a new message is answered.
     expect(banner).to_be_hidden(timeout=30_000)
     expect(page.get_by_test_id("model-select")).to_have_value(SMOL, timeout=30_000)
+    expect(last_answer(page).get_by_test_id("partial-note")).to_have_text("partial answer · saved", timeout=30_000)
+    assert stored_messages(server, current_session_id(page, server, question)) == [("user", question), ("assistant", cut_short)]
     page.get_by_test_id("prompt-input").fill("Say hello.")
     page.get_by_test_id("send-button").click()
     wait_for_answer(page)
-    expect(last_answer(page).get_by_test_id("answer-stats")).not_to_contain_text("not saved", timeout=ANSWER_TIMEOUT_MS)
+    expect(last_answer(page).get_by_test_id("partial-note")).to_be_hidden()
     assert not banner.is_visible()

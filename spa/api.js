@@ -42,7 +42,7 @@ export class ApiClient {
   }
 
   // fetch, with a failed connection turned into an ApiError and an error status into another.
-  async request(path, { method = "GET", body, signal } = {}) {
+  async request(path, { method = "GET", body, signal, keepalive = false } = {}) {
     let response;
     try {
       response = await fetch(`${this.baseUrl}${path}`, {
@@ -50,6 +50,7 @@ export class ApiClient {
         headers: this.headers(body === undefined ? {} : { "Content-Type": "application/json" }),
         body: body === undefined ? undefined : JSON.stringify(body),
         signal,
+        keepalive,
       });
     } catch (error) {
       if (error.name === "AbortError") throw error;
@@ -69,16 +70,31 @@ export class ApiClient {
     return (await this.request("/v1/sessions", { method: "POST", body })).json();
   }
 
-  async listSessions() {
-    return (await (await this.request("/v1/sessions?limit=50")).json()).data;
+  // Newest first; with `query`, only sessions whose messages hold every word, each with a
+  // `snippet` whose hits are wrapped in **.
+  async listSessions(query = "") {
+    const search = query ? `&q=${encodeURIComponent(query)}` : "";
+    return (await (await this.request(`/v1/sessions?limit=50${search}`)).json()).data;
   }
 
   async getSession(id) {
     return (await this.request(`/v1/sessions/${encodeURIComponent(id)}`)).json();
   }
 
-  async deleteSession(id) {
-    await this.request(`/v1/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
+  // `keepalive` lets a deletion still due when the page closes reach the server.
+  async deleteSession(id, { keepalive = false } = {}) {
+    await this.request(`/v1/sessions/${encodeURIComponent(id)}`, { method: "DELETE", keepalive });
+  }
+
+  // `changes`: a new `title` and/or `metadata` (replaced whole); resolves to the session.
+  async updateSession(id, changes) {
+    return (await this.request(`/v1/sessions/${encodeURIComponent(id)}`, { method: "PATCH", body: changes })).json();
+  }
+
+  // Stores messages the page already holds (a stopped answer with its question) as the next
+  // turn, without generating; resolves to the session with its messages.
+  async appendTurn(id, messages) {
+    return (await this.request(`/v1/sessions/${encodeURIComponent(id)}/turns`, { method: "POST", body: { messages } })).json();
   }
 
   // Takes the session's newest turn back; resolves to it (`messages`: what it held).

@@ -1,114 +1,91 @@
-// A small Markdown renderer for model answers, built only from DOM nodes and textContent: model
-// output can never become markup or script. It covers what chat answers use: paragraphs,
-// headings, lists, fenced code blocks (an unclosed fence while streaming is code until the end),
-// inline code, bold, italics and http(s) links.
+// Model answers as Markdown: CommonMark and GFM (tables, task lists, autolinks) by marked, code
+// highlighted by highlight.js, $...$ and $$...$$ by KaTeX, and the HTML sanitized by DOMPurify.
+// Model text never becomes markup of its own: raw HTML in an answer is shown as text, links go
+// only to http(s) and mailto addresses, and images are links (a model must not make the page
+// fetch an address). DOMPurify then checks the whole result, whatever the libraries produced.
+import { Marked } from "./vendor/marked.esm.js";
+import DOMPurify from "./vendor/purify.es.js";
+import hljs from "./vendor/highlight.min.js";
+import katex from "./vendor/katex.js";
 
-const FENCE = /^\s*(```|~~~)\s*([\w+-]*)\s*$/;
-const HEADING = /^(#{1,6})\s+(.*)$/;
-const BULLET = /^\s*[-*+]\s+(.*)$/;
-const NUMBERED = /^\s*\d+[.)]\s+(.*)$/;
-// Emphasis markers count only at word edges, as in CommonMark: snake_case and __dunder__ stay text.
-const INLINE = /(`[^`]+`)|(\*\*[^*]+\*\*)|((?<![\w*])\*[^*\s][^*]*\*(?![\w*]))|((?<![\w_])_[^_\s][^_]*_(?![\w_]))|(\[[^\]]+\]\([^)\s]+\))/;
+const SAFE_LINK = /^(https?:|mailto:)/i;
+// Dollar math as pandoc reads it: no space inside the dollars and no digit after the closing
+// one, so "costs $5 and $10" stays text.
+const INLINE_MATH = /^\$(?!\s)((?:\\\$|[^$\n])+?)(?<![\s\\])\$(?!\d)/;
+const BLOCK_MATH = /^ {0,3}\$\$([\s\S]+?)\$\$[ \t]*(?:\n|$)/;
 
-function inline(parent, text) {
-  let rest = text;
-  while (rest) {
-    const match = INLINE.exec(rest);
-    if (!match) {
-      parent.append(document.createTextNode(rest));
-      return;
-    }
-    if (match.index) parent.append(document.createTextNode(rest.slice(0, match.index)));
-    const token = match[0];
-    if (match[1]) {
-      const code = document.createElement("code");
-      code.textContent = token.slice(1, -1);
-      parent.append(code);
-    } else if (match[2]) {
-      const strong = document.createElement("strong");
-      inline(strong, token.slice(2, -2));
-      parent.append(strong);
-    } else if (match[3] || match[4]) {
-      const emphasis = document.createElement("em");
-      inline(emphasis, token.slice(1, -1));
-      parent.append(emphasis);
-    } else {
-      const [, label, href] = /^\[([^\]]+)\]\(([^)\s]+)\)$/.exec(token);
-      if (/^https?:\/\//i.test(href)) {
-        const link = document.createElement("a");
-        link.href = href;  // only http(s): never javascript: or data:
-        link.rel = "noopener noreferrer";
-        link.target = "_blank";
-        link.textContent = label;
-        parent.append(link);
-      } else {
-        parent.append(document.createTextNode(token));
-      }
-    }
-    rest = rest.slice(match.index + token.length);
-  }
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (character) => `&#${character.charCodeAt(0)};`);
 }
 
-/** Replaces the children of `container` with `text` rendered as Markdown. */
-export function renderMarkdown(container, text) {
-  const blocks = [];
-  const lines = text.split("\n");
-  let paragraph = null;
-  let list = null;
-  const closeParagraph = () => { paragraph = null; };
-  const closeList = () => { list = null; };
-  for (let index = 0; index < lines.length; index += 1) {
-    const line = lines[index];
-    const fence = FENCE.exec(line);
-    if (fence) {
-      closeParagraph();
-      closeList();
-      const pre = document.createElement("pre");
-      const code = document.createElement("code");
-      if (fence[2]) code.className = `language-${fence[2]}`;
-      const body = [];
-      for (index += 1; index < lines.length && !FENCE.test(lines[index]); index += 1) body.push(lines[index]);
-      code.textContent = body.join("\n");
-      pre.append(code);
-      blocks.push(pre);
-      continue;
-    }
-    if (!line.trim()) {
-      closeParagraph();
-      closeList();
-      continue;
-    }
-    const heading = HEADING.exec(line);
-    if (heading) {
-      closeParagraph();
-      closeList();
-      const element = document.createElement(`h${Math.min(heading[1].length + 2, 6)}`);
-      inline(element, heading[2]);
-      blocks.push(element);
-      continue;
-    }
-    const bullet = BULLET.exec(line);
-    const numbered = bullet ? null : NUMBERED.exec(line);
-    if (bullet || numbered) {
-      closeParagraph();
-      const kind = bullet ? "ul" : "ol";
-      if (!list || list.tagName.toLowerCase() !== kind) {
-        list = document.createElement(kind);
-        blocks.push(list);
-      }
-      const item = document.createElement("li");
-      inline(item, (bullet || numbered)[1]);
-      list.append(item);
-      continue;
-    }
-    closeList();
-    if (!paragraph) {
-      paragraph = document.createElement("p");
-      blocks.push(paragraph);
-    } else {
-      paragraph.append(document.createElement("br"));
-    }
-    inline(paragraph, line);
-  }
-  container.replaceChildren(...blocks);
+function math(tex, displayMode) {
+  return katex.renderToString(tex.trim(), { displayMode, throwOnError: false, output: "htmlAndMathml" });
+}
+
+const mathExtensions = [
+  {
+    name: "blockMath",
+    level: "block",
+    start: (source) => source.match(/^ {0,3}\$\$/m)?.index,
+    tokenizer(source) {
+      const match = BLOCK_MATH.exec(source);
+      if (match) return { type: "blockMath", raw: match[0], tex: match[1] };
+    },
+    renderer: (token) => `<div class="math-display">${math(token.tex, true)}</div>`,
+  },
+  {
+    name: "inlineMath",
+    level: "inline",
+    start: (source) => source.indexOf("$") >= 0 ? source.indexOf("$") : undefined,
+    tokenizer(source) {
+      const display = /^\$\$([^$]+?)\$\$/.exec(source);
+      if (display) return { type: "inlineMath", raw: display[0], tex: display[1], display: true };
+      const match = INLINE_MATH.exec(source);
+      if (match) return { type: "inlineMath", raw: match[0], tex: match[1], display: false };
+    },
+    renderer: (token) => math(token.tex, token.display),
+  },
+];
+
+// A code block: its language (highlighted when highlight.js knows it) and a Copy button, which
+// the page wires up (sanitized HTML carries no handlers).
+function codeBlock({ text, lang }) {
+  const language = /^[\w+#.-]+/.exec(lang ?? "")?.[0] ?? "";
+  const known = language && hljs.getLanguage(language);
+  const body = known ? hljs.highlight(text, { language, ignoreIllegals: true }).value : escapeHtml(text);
+  const codeClass = language ? `hljs language-${language}` : "hljs";
+  return `<div class="code-block"><div class="code-header"><span class="code-language">${escapeHtml(language || "text")}</span>`
+    + '<button type="button" class="code-copy" data-testid="code-copy" aria-label="Copy code">Copy</button></div>'
+    + `<pre><code class="${codeClass}">${body}</code></pre></div>`;
+}
+
+const renderer = {
+  code: codeBlock,
+  html: ({ text, block }) => (block ? `<p>${escapeHtml(text)}</p>` : escapeHtml(text)),
+  // Answers sit under the page's own headings: # in an answer is a third-level heading.
+  heading({ tokens, depth }) {
+    const level = Math.min(depth + 2, 6);
+    return `<h${level}>${this.parser.parseInline(tokens)}</h${level}>`;
+  },
+  link({ href, tokens }) {
+    const label = this.parser.parseInline(tokens);
+    if (!SAFE_LINK.test(href)) return label;
+    return `<a href="${escapeHtml(href)}" target="_blank" rel="noopener noreferrer">${label}</a>`;
+  },
+  image({ href, text }) {
+    if (!SAFE_LINK.test(href)) return escapeHtml(text);
+    return `<a href="${escapeHtml(href)}" target="_blank" rel="noopener noreferrer">${escapeHtml(text || href)}</a>`;
+  },
+};
+
+// Links open in a new tab; KaTeX's MathML keeps the TeX source it was made from, as screen
+// readers and copying use it.
+const SANITIZE = { ADD_TAGS: ["semantics", "annotation"], ADD_ATTR: ["target", "encoding"] };
+
+// A single newline in an answer is a line break, as chat models mean it.
+const markdown = new Marked({ gfm: true, breaks: true }).use({ renderer, extensions: mathExtensions });
+
+/** `source` rendered as sanitized HTML; an unclosed code fence (mid-stream) is code to the end. */
+export function renderMarkdown(source) {
+  return DOMPurify.sanitize(markdown.parse(source), SANITIZE);
 }
