@@ -89,6 +89,10 @@ def build_decoder(
         if layer.post_feedforward_layernorm is not None:
             pending = blocks.rms_norm(builder, pending, layer.post_feedforward_layernorm, epsilon, f"{prefix}.post_feedforward_layernorm")
 
+    # Every position's final hidden state, for embeddings; the logits below normalize only the
+    # kept positions, so decoding pays for one row of this norm, not a prompt's.
+    hidden, _ = blocks.residual_rms_norm(builder, pending, residual, weights.norm, epsilon, "model.norm/all_positions")
+    builder.expose(hidden, names.LAST_HIDDEN_STATE, FLOAT, ["batch", "sequence", config.hidden_size])
     kept = blocks.last_positions(builder, pending, logits_to_keep, "logits/pending", negative=on_cuda)
     kept_residual = blocks.last_positions(builder, residual, logits_to_keep, "logits/residual", negative=on_cuda)
     final, _ = blocks.residual_rms_norm(builder, kept, kept_residual, weights.norm, epsilon, "model.norm")

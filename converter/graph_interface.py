@@ -14,6 +14,8 @@ service binds, stated once.
            candidate_ids int64, candidate_logits float32 (batch, candidates): the last
              position's most likely tokens, and log_normalizer float32 (batch): the log of
              sum(exp(logits / temperature)) over the vocabulary (graphs with candidates)
+           last_hidden_state float32 (batch, sequence, hidden): the final norm's output at every
+             position of the step, as transformers' last_hidden_state (embeddings pool it)
 """
 
 INPUT_IDS = "input_ids"
@@ -26,6 +28,7 @@ LOGITS = "logits"
 CANDIDATE_IDS = "candidate_ids"
 CANDIDATE_LOGITS = "candidate_logits"
 LOG_NORMALIZER = "log_normalizer"
+LAST_HIDDEN_STATE = "last_hidden_state"
 
 
 def past_name(layer: int, kind: str) -> str:
