@@ -7,6 +7,7 @@ import logging
 import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.routing import Match
 from starlette.responses import Response
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,20 @@ async def handle_http_exception(request: Request, error: Exception) -> Response:
         message = f"no route for {request.method} {request.url.path}"
     elif error.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(APIError(405, message, headers={"Allow": _allowed_methods(request)}))
     else:
         message = str(error.detail)
-    return error_response(APIError(error.status_code, message, code=None))
+    return error_response(APIError(error.status_code, message, code=None, headers=error.headers))
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette's own Allow names only the first
+    route's, and each method here is a route of its own."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 async def handle_unexpected(request: Request, error: Exception) -> Response:

@@ -26,6 +26,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     example: dict | None = None
     media_type: str = "application/json"
+    body_required: bool = True
 
 
 _CHAT_EXAMPLE = {
@@ -78,10 +79,13 @@ OPERATIONS: list[Operation] = [
         "Create a chat session (history kept in SQLite; chat with session_id uses and extends it)",
         CreateSessionRequest,
         success=201,
-        errors=(400,),
+        errors=(400, 503, 507),
         example={"title": "Trip planning", "system_prompt": "You are a concise assistant.", "max_turns": 20},
+        body_required=False,  # no body: a session with every default
     ),
-    Operation("GET", "/v1/sessions", "List sessions, newest first; ?q= searches past messages, ?limit and ?after page", errors=(400,)),
+    Operation(
+        "GET", "/v1/sessions", "List sessions, newest first; ?q= searches past messages, ?limit and ?after page", errors=(400, 503)
+    ),
     Operation("GET", "/v1/sessions/{session_id}", "One session with its messages", errors=(404,)),
     Operation(
         "PATCH",
@@ -91,7 +95,7 @@ OPERATIONS: list[Operation] = [
         errors=(400, 404),
         example={"title": "Trip to Lisbon"},
     ),
-    Operation("DELETE", "/v1/sessions/{session_id}", "Delete a session and its messages", errors=(404,)),
+    Operation("DELETE", "/v1/sessions/{session_id}", "Delete a session and its messages", errors=(404, 503, 507)),
     Operation(
         "POST",
         "/v1/sessions/{session_id}/turns",
@@ -105,7 +109,7 @@ OPERATIONS: list[Operation] = [
         "DELETE",
         "/v1/sessions/{session_id}/turns/last",
         "Take back a session's newest turn (its messages and answer), e.g. to ask again; 409 session_empty without one",
-        errors=(404, 409),
+        errors=(404, 409, 503, 507),
     ),
     Operation("GET", "/openapi.json", "This document"),
 ]
@@ -160,8 +164,15 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
             entry["security"] = []
         else:
             entry["responses"]["401"] = {"description": "no valid API key (code invalid_api_key)", "content": _ERROR_CONTENT}
+            forbidden = "without API keys: a foreign Host or page Origin (host_not_allowed, cross_site_request)"
             if (operation.method, operation.path) in _ADMIN_OPERATIONS:
-                entry["responses"]["403"] = {"description": "not an admin key (code insufficient_scope)", "content": _ERROR_CONTENT}
+                forbidden = f"not an admin key (code insufficient_scope), or {forbidden}"
+            entry["responses"]["403"] = {"description": forbidden, "content": _ERROR_CONTENT}
+        if operation.method == "POST":
+            entry["responses"]["408"] = {"description": "the body did not arrive in time (request_timeout)", "content": _ERROR_CONTENT}
+            entry["responses"]["415"] = {
+                "description": "without API keys: a body not sent as application/json (unsupported_media_type)", "content": _ERROR_CONTENT,
+            }
         for name in ("model_id", "session_id"):
             if "{" + name + "}" in operation.path:
                 entry["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
@@ -169,7 +180,7 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
             media = {"schema": by_type[operation.request]}
             if operation.example is not None:
                 media["example"] = operation.example
-            entry["requestBody"] = {"required": True, "content": {"application/json": media}}
+            entry["requestBody"] = {"required": operation.body_required, "content": {"application/json": media}}
         if operation.request in (ChatCompletionRequest, CompletionRequest):
             entry["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
         paths.setdefault(operation.path, {})[operation.method.lower()] = entry

@@ -113,6 +113,16 @@ def _param_of(message: str) -> str | None:
     return ".".join(parts).replace("[...]", "") or None
 
 
+def _integral_floats_as_ints(value):
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    return value
+
+
 def decode_body(body: bytes, schema: type[Struct]):
     """Decodes a JSON body into `schema`, or raises a 400 APIError that names the bad field."""
     if not body.strip():
@@ -120,6 +130,11 @@ def decode_body(body: bytes, schema: type[Struct]):
     try:
         return msgspec.json.decode(body, type=schema)
     except msgspec.ValidationError as error:
+        if "got `float`" in str(error):
+            try:  # JSON Schema, and so the OpenAPI document, counts 211.0 as an integer
+                return msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(body)), schema)
+            except msgspec.ValidationError:
+                pass
         message = str(error)
         raise APIError(400, f"invalid request: {message}", param=_param_of(message), code="invalid_value") from error
     except msgspec.DecodeError as error:

@@ -497,3 +497,25 @@ def test_a_body_sent_a_byte_at_a_time_is_cut_off_with_a_408(server):
         seconds = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer, answer
     assert seconds < 12, seconds
+
+
+# Also: where the service and its OpenAPI document disagreed (found by schemathesis).
+
+
+def test_an_integer_written_with_a_zero_fraction_is_an_integer(server):
+    whole = httpx.post(f"{server.url}/v1/chat/completions", json={**CHAT, "max_tokens": 2.0, "seed": 1.0}, timeout=60)
+    fraction = httpx.post(f"{server.url}/v1/chat/completions", json={**CHAT, "max_tokens": 2.5}, timeout=60)
+    assert whole.status_code == 200 and whole.json()["usage"]["completion_tokens"] <= 2, whole.text
+    assert_error(fraction, 400, param="max_tokens")
+
+
+def test_a_session_body_is_optional_in_the_document_as_in_the_service(server):
+    document = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    assert document["paths"]["/v1/sessions"]["post"]["requestBody"]["required"] is False
+    assert httpx.post(f"{server.url}/v1/sessions", timeout=30).status_code == 201
+
+
+def test_a_method_not_allowed_names_the_allowed_ones(server):
+    response = httpx.put(f"{server.url}/v1/sessions", timeout=30)
+    assert_error(response, 405)
+    assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
