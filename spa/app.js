@@ -62,7 +62,7 @@ let running = null;
 let statusTimer = null;
 let models = new Map();  // id -> the API's description, with its generation_defaults
 let pendingTurn = null;  // a cut-short answer the server could not be told about yet
-let pendingDeletion = null;  // { id, title, timer }: deleted from the list, not yet on the server
+let pendingDeletion = null;  // { id, wasOpen, timer }: gone from the list, not yet from the server
 let searchTimer = null;
 
 // The API address: ?api= in the page address, then the last one used, then this page's origin.
@@ -116,13 +116,15 @@ function modelDefaults() {
   };
 }
 
-// Fills the generation settings a person has not set with the model's defaults; `reset` forgets
-// what they set (the seed too) first.
+// Fills the generation settings a person has not set with the model's defaults (never the field
+// being typed in: the model list is refreshed while a model loads); `reset` forgets what they
+// set (the seed too) first.
 function applyDefaults({ reset = false } = {}) {
   const defaults = modelDefaults();
   for (const [name, value] of Object.entries(defaults)) {
     if (reset) localStorage.removeItem(name);
-    if (localStorage.getItem(name) === null) STORED_SETTINGS[name].value = value;
+    const field = STORED_SETTINGS[name];
+    if (localStorage.getItem(name) === null && (reset || field !== document.activeElement)) field.value = value;
   }
   if (reset) {
     localStorage.removeItem("seed");
