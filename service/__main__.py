@@ -15,7 +15,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
 
-from service import SERVICE_VERSION
+from service import SERVICE_VERSION, websocket_frames
 from service.app import create_app
 from service.auth import KeyFile, KeyRing
 from service.logs import configure_logging
@@ -77,6 +77,7 @@ async def _serve(settings: Settings) -> None:
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    websocket_frames.install()
     app = create_app(settings)
     shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -519,3 +519,62 @@ def test_a_method_not_allowed_names_the_allowed_ones(server):
     response = httpx.put(f"{server.url}/v1/sessions", timeout=30)
     assert_error(response, 405)
     assert set(response.headers["allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+def _frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0, length: int | None = None) -> bytes:
+    """One client frame, built by hand so it can break the rules."""
+    length = len(payload) if length is None else length
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
+    if length < 126:
+        header = bytes([first, (0x80 if masked else 0) | length])
+    elif length < 1 << 16:
+        header = bytes([first, (0x80 if masked else 0) | 126]) + length.to_bytes(2, "big")
+    else:
+        header = bytes([first, (0x80 if masked else 0) | 127]) + length.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    mask = b"\x01\x02\x03\x04"
+    return header + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def close_code_after(server, data: bytes) -> int | None:
+    """Opens a WebSocket by hand, sends `data`, and returns the code of the close frame the server
+    sends back (None if it only drops the connection); fails if nothing happens within 5 s."""
+    with create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(
+            f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += connection.recv(4096)
+        assert received.startswith(b"HTTP/1.1 101"), received
+        received = received.split(b"\r\n\r\n", 1)[1]
+        connection.sendall(data)
+        while len(received) < 4:
+            chunk = connection.recv(4096)
+            if not chunk:
+                return None
+            received += chunk
+    assert received[0] & 0x0F == 0x8, received  # a close frame
+    return int.from_bytes(received[2:4], "big")
+
+
+VIOLATIONS = {
+    "unmasked": (_frame(0x1, b"hi", masked=False), 1002),
+    "reserved opcode": (_frame(0x3, b"hi"), 1002),
+    "reserved bit": (_frame(0x1, b"hi", rsv=0b010), 1002),
+    "fragmented ping": (_frame(0x9, b"hi", fin=False), 1002),
+    "control frame over 125 bytes": (_frame(0x9, b"x" * 126), 1002),
+    "continuation without a start": (_frame(0x0, b"hi"), 1002),
+    "close with one byte": (_frame(0x8, b"\x03"), 1002),
+    "close with an invalid code": (_frame(0x8, (999).to_bytes(2, "big")), 1002),
+    "invalid UTF-8": (_frame(0x1, b"\xff\xfe"), 1007),
+    "2^63-1 bytes announced": (_frame(0x1, b"", length=(1 << 63) - 1), 1009),
+}
+
+
+@pytest.mark.parametrize("violation", list(VIOLATIONS))
+def test_a_websocket_protocol_violation_gets_the_close_frame_rfc_6455_names(server, violation):
+    data, code = VIOLATIONS[violation]
+    assert close_code_after(server, data) == code
