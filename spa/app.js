@@ -292,7 +292,10 @@ function startRename(item, session) {
   };
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter") finish(true);
-    if (event.key === "Escape") finish(false);
+    if (event.key === "Escape") {
+      event.stopPropagation();  // leaves the field, not the answer being written
+      finish(false);
+    }
   });
   input.addEventListener("blur", () => finish(false));
   item.querySelector(".open").replaceWith(input);
