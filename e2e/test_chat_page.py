@@ -174,7 +174,7 @@ def test_a_hostile_answer_saved_by_the_service_renders_inert_when_reopened(page,
     session_id = httpx.post(f"{service.url}/v1/sessions", json={"title": title}, timeout=30).json()["id"]
     # A turn's messages are stored as sent: an assistant message carries the hostile text into
     # the session's history, as a model's answer would be stored.
-    response = httpx.post(f"{service.url}/v1/chat/completions", timeout=120, json={
+    response = httpx.post(f"{service.url}/v1/chat/completions", timeout=120, json={"seed": 1, 
         "model": SMOL, "session_id": session_id, "max_tokens": 2,
         "messages": [{"role": "user", "content": "Show me"}, {"role": "assistant", "content": "".join(HOSTILE_ANSWER)},
                      {"role": "user", "content": "Thanks"}],

@@ -51,7 +51,7 @@ def test_the_generation_settings_are_kept_and_sent_with_every_request(page, serv
     # Greedy decoding of the same system prompt and question over REST gives the same answer:
     # the service really used the settings.
     question = page.get_by_test_id("message-user").inner_text()
-    rest = httpx.post(f"{service.url}/v1/chat/completions", timeout=120, json={
+    rest = httpx.post(f"{service.url}/v1/chat/completions", timeout=120, json={"seed": 1, 
         "model": SMOL, "temperature": 0, "top_p": 0.9, "max_tokens": 12,
         "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
     }).json()

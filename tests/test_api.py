@@ -66,7 +66,7 @@ def test_models_lists_every_model_with_its_status(api_server):
 
 
 def test_chat_completion_answers_with_real_smollm2_output(api_server):
-    response = chat(api_server, model=SMOL, messages=QUESTION, temperature=0)
+    response = chat(api_server, max_tokens=16, seed=1, model=SMOL, messages=QUESTION, temperature=0)
     body = response.json()
     assert response.status_code == 200 and body["object"] == "chat.completion"
     assert "Paris" in body["choices"][0]["message"]["content"]
@@ -77,14 +77,14 @@ def test_usage_counts_the_templated_prompt_and_the_generated_tokens(api_server, 
     folder = ModelFolder.load(smollm2_model_dir)
     expected_prompt = len(folder.encode(folder.chat_template.render(QUESTION)))
 
-    usage = chat(api_server, model=SMOL, messages=QUESTION, temperature=0, max_tokens=3).json()["usage"]
+    usage = chat(api_server, seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=3).json()["usage"]
 
     counts = {key: usage[key] for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
     assert counts == {"prompt_tokens": expected_prompt, "completion_tokens": 3, "total_tokens": expected_prompt + 3}
 
 
 def test_max_tokens_ends_the_answer_with_finish_reason_length(api_server):
-    choice = chat(api_server, model="tiny", messages=QUESTION, max_tokens=5, temperature=0).json()["choices"][0]
+    choice = chat(api_server, seed=1, model="tiny", messages=QUESTION, max_tokens=5, temperature=0).json()["choices"][0]
     assert choice["finish_reason"] == "length"
 
 
@@ -96,7 +96,7 @@ def test_same_seed_gives_the_same_sampled_answer(api_server):
 
 
 def test_streamed_answer_equals_the_whole_answer(api_server):
-    request = dict(model=SMOL, messages=QUESTION, temperature=0, max_tokens=40)
+    request = dict(seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=40)
     whole = chat(api_server, **request).json()["choices"][0]["message"]["content"]
 
     streamed = chat(api_server, stream=True, stream_options={"include_usage": True}, **request)
@@ -123,7 +123,7 @@ def test_a_client_that_disconnects_frees_the_model_for_the_next_request(api_serv
         for _ in range(4):
             next(lines)
     started = time.monotonic()
-    answer = chat(api_server, model=SMOL, messages=QUESTION, temperature=0, max_tokens=4)
+    answer = chat(api_server, seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=4)
     # 900 tokens would take several seconds; a cancelled request gives the engine back at once.
     assert answer.status_code == 200 and time.monotonic() - started < 5
 
@@ -132,10 +132,10 @@ def test_official_openai_client_chats_and_streams(api_server):
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{api_server.url}/v1", api_key="unused")
-    whole = client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=12)
+    whole = client.chat.completions.create(seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=12)
     pieces = [
         chunk.choices[0].delta.content or ""
-        for chunk in client.chat.completions.create(model=SMOL, messages=QUESTION, temperature=0, max_tokens=12, stream=True)
+        for chunk in client.chat.completions.create(seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=12, stream=True)
         if chunk.choices
     ]
     assert whole.choices[0].message.content == "".join(pieces) and "Paris" in whole.choices[0].message.content
@@ -145,13 +145,13 @@ def test_official_openai_client_completes_text_with_logprobs_and_lists_models(ap
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{api_server.url}/v1", api_key="unused")
-    completion = client.completions.create(model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2)
+    completion = client.completions.create(seed=1, model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0, logprobs=2)
     streamed = "".join(
         chunk.choices[0].text
-        for chunk in client.completions.create(model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0, stream=True)
+        for chunk in client.completions.create(seed=1, model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0, stream=True)
         if chunk.choices
     )
-    scored = client.completions.create(model=SMOL, prompt="The capital of France is Paris", max_tokens=0, echo=True, logprobs=0)
+    scored = client.completions.create(seed=1, model=SMOL, prompt="The capital of France is Paris", max_tokens=0, echo=True, logprobs=0)
 
     assert "Paris" in completion.choices[0].text and completion.choices[0].text == streamed
     assert len(completion.choices[0].logprobs.top_logprobs[0]) == 2
@@ -186,11 +186,11 @@ def test_missing_messages_is_a_400_naming_the_field(api_server):
 
 
 def test_empty_messages_is_a_400(api_server):
-    assert_error(chat(api_server, model="tiny", messages=[]), 400, param="messages")
+    assert_error(chat(api_server, max_tokens=16, seed=1, model="tiny", messages=[]), 400, param="messages")
 
 
 def test_unknown_model_is_a_404(api_server):
-    assert_error(chat(api_server, model="no-such-model", messages=QUESTION), 404, param="model", code="model_not_found")
+    assert_error(chat(api_server, max_tokens=16, seed=1, model="no-such-model", messages=QUESTION), 404, param="model", code="model_not_found")
 
 
 @pytest.mark.parametrize(
@@ -220,18 +220,18 @@ def test_unknown_model_is_a_404(api_server):
     ],
 )
 def test_wrong_types_and_ranges_are_400s_naming_the_field(api_server, override, param):
-    body = {"model": "tiny", "messages": QUESTION, **override}
+    body = {"max_tokens": 16, "seed": 1, "model": "tiny", "messages": QUESTION, **override}
     assert_error(chat(api_server, **body), 400, param=param)
 
 
 def test_a_prompt_longer_than_the_context_is_a_400(api_server):
     long_text = "hello world " * 400  # the tiny model's context is 256 tokens
-    response = chat(api_server, model="tiny", messages=[{"role": "user", "content": long_text}])
+    response = chat(api_server, max_tokens=16, seed=1, model="tiny", messages=[{"role": "user", "content": long_text}])
     assert_error(response, 400, code="context_length_exceeded")
 
 
 def test_max_tokens_past_the_context_is_a_400(api_server):
-    assert_error(chat(api_server, model="tiny", messages=QUESTION, max_tokens=10_000), 400, code="context_length_exceeded")
+    assert_error(chat(api_server, seed=1, model="tiny", messages=QUESTION, max_tokens=10_000), 400, code="context_length_exceeded")
 
 
 def test_unknown_routes_and_methods_use_the_envelope(api_server):

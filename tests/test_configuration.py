@@ -173,7 +173,7 @@ def test_a_server_runs_from_a_config_file(tiny_model_dir, tmp_path, artifacts):
     try:
         assert [model["id"] for model in httpx.get(server.url + "/v1/models").json()["data"]] == ["from-config"]
         messages = [{"role": "user", "content": "hi"}] * 3
-        response = httpx.post(server.url + "/v1/chat/completions", json={"model": "from-config", "messages": messages})
+        response = httpx.post(server.url + "/v1/chat/completions", json={"max_tokens": 16, "seed": 1, "model": "from-config", "messages": messages})
         assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
     finally:
         server.stop()

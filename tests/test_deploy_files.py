@@ -162,7 +162,7 @@ def compose_service(tiny_model_dir, artifacts, tmp_path_factory):
     response = httpx.post(
         server.url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {API_KEY}"},
-        json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        json={"seed": 1, "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
         timeout=60,
     )
     assert response.status_code == 200, response.text
@@ -339,7 +339,7 @@ def test_nginx_proxies_the_probes_but_not_metrics(nginx_proxy):
 
 
 def test_nginx_streams_server_sent_events_from_the_service(nginx_proxy):
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    body = {"seed": 1, "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
     with httpx.stream("POST", nginx_proxy + "/v1/chat/completions", json=body, timeout=30,
                       headers={"Authorization": f"Bearer {API_KEY}"}) as response:
         events = [line for line in response.iter_lines() if line.startswith("data: ")]

@@ -22,11 +22,11 @@ def complete(server, **body) -> httpx.Response:
 
 
 def greedy_answer(server, **extra) -> dict:
-    return chat(server, model=SMOL, messages=QUESTION, temperature=0, max_tokens=24, **extra).json()["choices"][0]
+    return chat(server, seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=24, **extra).json()["choices"][0]
 
 
 def test_completion_continues_a_text_prompt(api_server):
-    choice = complete(api_server, model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0).json()["choices"][0]
+    choice = complete(api_server, seed=1, model=SMOL, prompt="The capital of France is", max_tokens=4, temperature=0).json()["choices"][0]
     assert "Paris" in choice["text"] and choice["finish_reason"] == "length"
 
 
@@ -37,7 +37,7 @@ def test_echo_with_logprobs_scores_every_prompt_token(api_server, smollm2_model_
     session = create_session(folder.path / "model.onnx", choose_placement("cpu"), threads=2)
     expected = log_softmax(Generator(session, ModelShape.from_config(folder.config), len(ids)).prompt_logits(ids))
 
-    body = complete(api_server, model=SMOL, prompt=text, echo=True, logprobs=2, max_tokens=0).json()
+    body = complete(api_server, seed=1, model=SMOL, prompt=text, echo=True, logprobs=2, max_tokens=0).json()
     logprobs = body["choices"][0]["logprobs"]
 
     wanted = [None] + [float(expected[position - 1, ids[position]]) for position in range(1, len(ids))]
@@ -48,7 +48,7 @@ def test_echo_with_logprobs_scores_every_prompt_token(api_server, smollm2_model_
 
 def test_completions_take_several_prompts_and_token_ids(api_server, smollm2_model_dir):
     ids = ModelFolder.load(smollm2_model_dir).encode("Hello")
-    body = complete(api_server, model=SMOL, prompt=[ids, ids], n=2, max_tokens=3, temperature=0).json()
+    body = complete(api_server, seed=1, model=SMOL, prompt=[ids, ids], n=2, max_tokens=3, temperature=0).json()
     assert [choice["index"] for choice in body["choices"]] == [0, 1, 2, 3]
     assert len({choice["text"] for choice in body["choices"]}) == 1 and body["usage"]["prompt_tokens"] == 2 * len(ids)
 
@@ -59,7 +59,7 @@ def test_a_stop_string_ends_the_answer_and_is_never_sent(api_server):
     assert stop in whole
 
     stopped = greedy_answer(api_server, stop=[stop])
-    streamed = chat(api_server, model=SMOL, messages=QUESTION, temperature=0, max_tokens=24, stop=stop, stream=True)
+    streamed = chat(api_server, seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=24, stop=stop, stream=True)
     streamed_text = "".join(
         chunk["choices"][0]["delta"].get("content", "") for chunk in sse_payloads(streamed)[:-1] if chunk["choices"]
     )
@@ -93,13 +93,13 @@ def test_chat_logprobs_are_log_probabilities_in_descending_alternatives(api_serv
 
 
 def test_ignore_eos_generates_exactly_max_tokens(api_server):
-    body = chat(api_server, model=SMOL, messages=QUESTION, temperature=0, max_tokens=60, ignore_eos=True).json()
+    body = chat(api_server, seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=60, ignore_eos=True).json()
     assert body["usage"]["completion_tokens"] == 60 and body["choices"][0]["finish_reason"] == "length"
 
 
 def test_a_repeated_conversation_reports_cached_prompt_tokens(api_server):
-    first = chat(api_server, model=SMOL, messages=QUESTION + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Why?"}], temperature=0, max_tokens=4)
-    again = chat(api_server, model=SMOL, messages=QUESTION + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Why?"}], temperature=0, max_tokens=4)
+    first = chat(api_server, seed=1, model=SMOL, messages=QUESTION + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Why?"}], temperature=0, max_tokens=4)
+    again = chat(api_server, seed=1, model=SMOL, messages=QUESTION + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Why?"}], temperature=0, max_tokens=4)
     assert again.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert again.json()["choices"] == first.json()["choices"]
 
@@ -117,7 +117,7 @@ def test_a_repeated_conversation_reports_cached_prompt_tokens(api_server):
     ],
 )
 def test_bad_completion_requests_are_400s_naming_the_field(api_server, override, param, code):
-    body = {"model": "tiny", "prompt": "hello", **override}
+    body = {"max_tokens": 16, "seed": 1, "model": "tiny", "prompt": "hello", **override}
     assert_error(complete(api_server, **body), 400, param=param, code=code)
 
 
@@ -134,7 +134,7 @@ def one_slot_server(smollm2_model_dir, artifacts):
 
 
 def _long_stream(server, started: threading.Event) -> None:
-    body = {"model": SMOL, "messages": QUESTION, "max_tokens": 300, "ignore_eos": True, "stream": True, "temperature": 0}
+    body = {"seed": 1, "model": SMOL, "messages": QUESTION, "max_tokens": 300, "ignore_eos": True, "stream": True, "temperature": 0}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=120) as response:
         for _ in response.iter_lines():
             started.set()
@@ -148,7 +148,7 @@ def test_a_full_queue_is_a_429_with_retry_after(one_slot_server):
     responses: list[httpx.Response] = []
 
     def ask() -> None:
-        responses.append(chat(one_slot_server, model=SMOL, messages=QUESTION, max_tokens=2))
+        responses.append(chat(one_slot_server, seed=1, model=SMOL, messages=QUESTION, max_tokens=2))
 
     # The slot is busy for seconds and one request may wait: of three at once, some are refused.
     burst = [threading.Thread(target=ask) for _ in range(3)]
@@ -168,7 +168,7 @@ def test_a_request_that_cannot_get_a_slot_in_time_is_a_503(one_slot_server):
     holder = threading.Thread(target=_long_stream, args=(one_slot_server, started))
     holder.start()
     started.wait(30)
-    waited = chat(one_slot_server, model=SMOL, messages=QUESTION, max_tokens=2)
+    waited = chat(one_slot_server, seed=1, model=SMOL, messages=QUESTION, max_tokens=2)
     holder.join(60)
 
     assert_error(waited, 503, code="queue_timeout")
@@ -181,7 +181,7 @@ def test_a_quiet_stream_gets_keep_alive_comments_and_stays_valid(smollm2_model_d
     )
     try:
         long_question = [{"role": "user", "content": "Summarize: " + "The river town grew slowly. " * 120}]
-        response = chat(server, model=SMOL, messages=long_question, max_tokens=4, stream=True, temperature=0)
+        response = chat(server, seed=1, model=SMOL, messages=long_question, max_tokens=4, stream=True, temperature=0)
     finally:
         server.stop()
     blocks = [block for block in response.text.split("\n\n") if block.strip()]

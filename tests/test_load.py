@@ -61,12 +61,12 @@ def test_sixty_four_concurrent_streams_complete_or_are_refused_as_intended(busy_
     samples = scrape(busy_server.url)
     assert value(samples, "llm_num_requests_running", model="tiny") == 0
     assert value(samples, "llm_num_requests_waiting", model="tiny") == 0
-    assert chat(busy_server, model="tiny", messages=QUESTION, max_tokens=3).status_code == 200
+    assert chat(busy_server, seed=1, model="tiny", messages=QUESTION, max_tokens=3).status_code == 200
 
 
 def test_clients_that_vanish_mid_stream_leave_the_server_idle_and_answering(busy_server):
     async def vanish(client: httpx.AsyncClient) -> None:
-        body = {"model": "tiny", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "stream": True}
+        body = {"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "stream": True}
         async with client.stream("POST", f"{busy_server.url}/v1/chat/completions", json=body) as response:
             async for _ in response.aiter_lines():
                 break  # gone after the first line

@@ -42,7 +42,7 @@ def moved(before: dict, after: dict, name: str, **labels: str) -> float:
 
 
 def tiny_chat(url: str, **extra) -> httpx.Response:
-    body = {"model": "tiny", "messages": QUESTION, "max_tokens": 8, "temperature": 0, **extra}
+    body = {"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 8, "temperature": 0, **extra}
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
 
 
@@ -73,7 +73,7 @@ def test_token_counters_and_histograms_move_by_exactly_one_requests_usage(api_se
 def test_running_and_waiting_return_to_zero_after_a_stream(api_server):
     with httpx.stream(
         "POST", f"{api_server.url}/v1/chat/completions",
-        json={"model": "tiny", "messages": QUESTION, "max_tokens": 8, "stream": True}, timeout=120,
+        json={"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 8, "stream": True}, timeout=120,
     ) as response:
         assert response.read().rstrip().endswith(b"data: [DONE]")
     samples = scrape(api_server.url)
@@ -114,7 +114,7 @@ def logged_requests(server: ServiceProcess, request_id: str, timeout: float = 10
 def test_a_client_request_id_comes_back_and_is_logged_with_the_requests_usage(api_server):
     response = httpx.post(
         f"{api_server.url}/v1/chat/completions",
-        json={"model": "tiny", "messages": QUESTION, "max_tokens": 8, "temperature": 0},
+        json={"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 8, "temperature": 0},
         headers={"X-Request-ID": "observability-test-42"},
         timeout=120,
     )
@@ -141,7 +141,8 @@ def test_an_unsafe_request_id_is_replaced_by_a_fresh_one(api_server):
 
 def in_process_app(tiny_model_dir, tmp_path, provider=None):
     settings = Settings(
-        models=(ModelSpec(tiny_model_dir, "tiny"),), models_dir=tmp_path / "models", data_dir=tmp_path / "data", max_context=256
+        models=(ModelSpec(tiny_model_dir, "tiny"),), models_dir=tmp_path / "models", data_dir=tmp_path / "data", max_context=256,
+        allowed_hosts=("testserver",),  # TestClient's Host
     )
     return create_app(settings, tracer_provider=provider)
 
@@ -160,7 +161,7 @@ def test_a_chat_request_span_holds_queue_prefill_and_decode_with_genai_attribute
     with TestClient(in_process_app(tiny_model_dir, tmp_path, provider)) as client:
         wait_ready(client)
         usage = client.post(
-            "/v1/chat/completions", json={"model": "tiny", "messages": QUESTION, "max_tokens": 6, "temperature": 0.5}
+            "/v1/chat/completions", json={"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 6, "temperature": 0.5}
         ).json()["usage"]
     spans = exporter.get_finished_spans()
     [request_span] = [span for span in spans if span.name == "chat tiny"]
@@ -197,7 +198,7 @@ def test_sigterm_lets_a_running_stream_finish_while_refusing_new_work_then_exits
         "--model", f"smol={smollm2_model_dir}", "--max-context", "512", "--drain-seconds", "60",
         log_path=artifacts / "drain.log",
     )
-    stream_body = {"model": "smol", "messages": QUESTION, "max_tokens": 300, "ignore_eos": True, "stream": True}
+    stream_body = {"seed": 1, "model": "smol", "messages": QUESTION, "max_tokens": 300, "ignore_eos": True, "stream": True}
     first_chunk = threading.Event()
     received: list[bytes] = []
 

@@ -83,7 +83,7 @@ def test_concurrent_turns_from_both_replicas_are_all_kept_whole_and_in_order(rep
 
     def talk(server: ServiceProcess, name: str) -> None:
         for index in range(turns_each):
-            response = chat(server, model="tiny", session_id=session_id, max_tokens=2, temperature=0,
+            response = chat(server, seed=1, model="tiny", session_id=session_id, max_tokens=2, temperature=0,
                             messages=[{"role": "user", "content": f"{name} {index}"}])
             if response.status_code != 200:
                 failures.append(response.text)
@@ -119,7 +119,7 @@ def test_a_model_registered_on_one_replica_is_served_by_the_other_after_its_rest
         second.stop()
         second = start_replica("registry-b-again", tiny_model_dir, database_url, artifacts, tmp_path_factory)
         model = wait_settled(second, "shared-model")
-        answer = chat(second, model="shared-model", messages=QUESTION, max_tokens=2)
+        answer = chat(second, seed=1, model="shared-model", messages=QUESTION, max_tokens=2)
     finally:
         first.stop()
         second.stop()
@@ -152,8 +152,8 @@ def test_while_the_database_is_gone_sessions_answer_503_and_recover_when_it_retu
     try:
         listed = list_sessions(first)
         created = httpx.post(f"{first.url}/v1/sessions", json={}, timeout=30)
-        continued = chat(first, model="tiny", session_id=session_id, max_tokens=2, messages=QUESTION)
-        plain = chat(first, model="tiny", max_tokens=2, messages=QUESTION)
+        continued = chat(first, seed=1, model="tiny", session_id=session_id, max_tokens=2, messages=QUESTION)
+        plain = chat(first, seed=1, model="tiny", max_tokens=2, messages=QUESTION)
         started = time.monotonic()
         readiness = httpx.get(f"{first.url}/readyz", timeout=30)
         readiness_seconds = time.monotonic() - started

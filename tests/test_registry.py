@@ -44,7 +44,7 @@ def wait_settled(server, model_id: str, timeout: float = 120) -> dict:
 def test_a_converted_folder_registers_and_serves_with_its_own_settings(server, tiny_model_dir):
     accepted = register(server, id="second", source=str(tiny_model_dir), max_context=128, max_batch=2)
     model = wait_settled(server, "second")
-    answer = chat(server, model="second", messages=QUESTION, max_tokens=3)
+    answer = chat(server, seed=1, model="second", messages=QUESTION, max_tokens=3)
 
     assert accepted.status_code == 202 and accepted.json()["status"] in ("loading", "ready")
     assert model["status"] == "ready" and model["context_length"] == 128 and model["max_batch"] == 2
@@ -58,7 +58,7 @@ def test_a_gguf_file_is_converted_in_the_background_then_served(server, tiny_che
 
     assert accepted.json()["status"] in ("converting", "loading", "ready")
     assert model["status"] == "ready" and "progress" not in model
-    assert chat(server, model="from-gguf", messages=QUESTION, max_tokens=3).status_code == 200
+    assert chat(server, seed=1, model="from-gguf", messages=QUESTION, max_tokens=3).status_code == 200
 
 
 def test_unloading_lets_a_stream_in_flight_finish_and_then_the_model_is_gone(server, smollm2_model_dir):
@@ -69,7 +69,7 @@ def test_unloading_lets_a_stream_in_flight_finish_and_then_the_model_is_gone(ser
     first_token = threading.Event()
 
     def stream() -> None:
-        body = {"model": "doomed", "messages": QUESTION, "max_tokens": 150, "ignore_eos": True, "stream": True}
+        body = {"seed": 1, "model": "doomed", "messages": QUESTION, "max_tokens": 150, "ignore_eos": True, "stream": True}
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=60) as response:
             for line in response.iter_lines():
                 lines.append(line)
@@ -80,7 +80,7 @@ def test_unloading_lets_a_stream_in_flight_finish_and_then_the_model_is_gone(ser
     streaming.start()
     first_token.wait(30)
     deleted = httpx.delete(f"{server.url}/v1/models/doomed", timeout=10)
-    after = chat(server, model="doomed", messages=QUESTION, max_tokens=2)
+    after = chat(server, seed=1, model="doomed", messages=QUESTION, max_tokens=2)
     streaming.join(60)
     payloads = [line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]) for line in lines if line.startswith("data: ")]
 

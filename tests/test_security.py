@@ -19,11 +19,11 @@ from tests.support import REPO, ServiceProcess
 USER_KEY = "sk-test-user-0123456789abcdef0123456789abcdef"
 OTHER_KEY = "sk-test-other-0123456789abcdef0123456789abcdef"
 ADMIN_KEY = "sk-test-admin-0123456789abcdef0123456789abcdef"
-CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
+CHAT = {"seed": 1, "model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
 
 PROTECTED = [
     ("POST", "/v1/chat/completions", CHAT),
-    ("POST", "/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 2}),
+    ("POST", "/v1/completions", {"seed": 1, "model": "tiny", "prompt": "hello", "max_tokens": 2}),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/tiny", None),
     ("POST", "/v1/models", {"id": "other", "source": "/nonexistent"}),
@@ -166,7 +166,7 @@ def test_every_response_carries_the_security_headers(keyed_server):
 
 
 def test_an_oversized_body_is_refused_with_413_naming_the_limit(keyed_server):
-    body = {**CHAT, "messages": [{"role": "user", "content": "x" * 10_000}]}
+    body = {"seed": 1, **CHAT, "messages": [{"role": "user", "content": "x" * 10_000}]}
 
     response = call(keyed_server, "POST", "/v1/chat/completions", body, key=USER_KEY)
 
@@ -182,7 +182,7 @@ def test_an_oversized_chunked_body_is_refused_with_413_while_read(keyed_server):
 
 
 def test_too_many_messages_are_refused_naming_the_limit(keyed_server):
-    body = {**CHAT, "messages": [{"role": "user", "content": "hi"}] * 4}
+    body = {"seed": 1, **CHAT, "messages": [{"role": "user", "content": "hi"}] * 4}
 
     response = call(keyed_server, "POST", "/v1/chat/completions", body, key=USER_KEY)
 
@@ -190,7 +190,7 @@ def test_too_many_messages_are_refused_naming_the_limit(keyed_server):
 
 
 def test_a_long_prompt_is_refused_naming_the_limit(keyed_server):
-    body = {"model": "tiny", "prompt": "hello world " * 10, "max_tokens": 1}
+    body = {"seed": 1, "model": "tiny", "prompt": "hello world " * 10, "max_tokens": 1}
 
     response = call(keyed_server, "POST", "/v1/completions", body, key=USER_KEY)
 
@@ -198,7 +198,7 @@ def test_a_long_prompt_is_refused_naming_the_limit(keyed_server):
 
 
 def test_a_large_max_tokens_is_refused_naming_the_limit(keyed_server):
-    response = call(keyed_server, "POST", "/v1/chat/completions", {**CHAT, "max_tokens": 17}, key=USER_KEY)
+    response = call(keyed_server, "POST", "/v1/chat/completions", {"seed": 1, **CHAT, "max_tokens": 17}, key=USER_KEY)
 
     assert response.status_code == 400 and "limit is 16 (--max-completion-tokens)" in response.json()["error"]["message"]
 
@@ -245,7 +245,7 @@ def test_an_open_socket_without_a_generation_is_no_stream(limited_server):
 def test_a_request_past_the_keys_tpm_gets_429(limited_server):
     server, keys, _ = limited_server
 
-    response = call(server, "POST", "/v1/chat/completions", {**CHAT, "max_tokens": 200}, key=keys["tpm"])
+    response = call(server, "POST", "/v1/chat/completions", {"seed": 1, **CHAT, "max_tokens": 200}, key=keys["tpm"])
 
     assert (response.status_code, response.json()["error"]["code"]) == (429, "tokens_per_minute")
 

@@ -78,7 +78,7 @@ def list_sessions(server, **parameters) -> httpx.Response:
 
 def say(server, session_id: str, text: str, **options) -> dict:
     """One turn with the tiny model: a user message in, a short greedy answer out."""
-    body = {"model": "tiny", "messages": [{"role": "user", "content": text}], "max_tokens": 4, "temperature": 0, **options}
+    body = {"seed": 1, "model": "tiny", "messages": [{"role": "user", "content": text}], "max_tokens": 4, "temperature": 0, **options}
     response = chat(server, session_id=session_id, **body)
     assert response.status_code == 200, response.text
     return response.json()
@@ -157,7 +157,7 @@ def test_an_unknown_session_id_is_a_404(server, method):
 
 
 def test_a_chat_naming_an_unknown_session_is_a_404(server):
-    response = chat(server, model="tiny", messages=[{"role": "user", "content": "hi"}], session_id="sess_0000nothing")
+    response = chat(server, max_tokens=16, seed=1, model="tiny", messages=[{"role": "user", "content": "hi"}], session_id="sess_0000nothing")
     assert_error(response, 404, param="session_id", code="session_not_found")
 
 
@@ -218,7 +218,7 @@ def test_the_history_holds_both_turns_in_order(server):
 
 
 def test_without_session_id_the_answer_is_the_same_as_before(server):
-    body = dict(model="tiny", messages=[{"role": "user", "content": "Hello there."}], max_tokens=6, temperature=0)
+    body = dict(seed=1, model="tiny", messages=[{"role": "user", "content": "Hello there."}], max_tokens=6, temperature=0)
     plain = chat(server, **body).json()
     session_id = create_session(server)["id"]
 
@@ -231,7 +231,7 @@ def test_without_session_id_the_answer_is_the_same_as_before(server):
 def test_a_streamed_chat_appends_its_turn(server):
     session_id = create_session(server)["id"]
 
-    response = chat(server, model="tiny", messages=[{"role": "user", "content": "Stream please."}], max_tokens=6,
+    response = chat(server, seed=1, model="tiny", messages=[{"role": "user", "content": "Stream please."}], max_tokens=6,
                     temperature=0, stream=True, session_id=session_id)
     chunks = [payload for payload in sse_payloads(response)[:-1] if payload.get("choices")]
     streamed = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
@@ -244,7 +244,7 @@ def test_a_streamed_chat_appends_its_turn(server):
 
 def test_a_stream_the_client_leaves_early_does_not_extend_the_history(server):
     session_id = create_session(server)["id"]
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=60, json={
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=60, json={"seed": 1, 
         "model": SMOL, "messages": [{"role": "user", "content": "Write a very long story."}], "stream": True,
         "max_tokens": 900, "ignore_eos": True, "session_id": session_id,
     }) as stream:
@@ -252,7 +252,7 @@ def test_a_stream_the_client_leaves_early_does_not_extend_the_history(server):
         for _ in range(4):
             next(lines)
     # Answered only after the server has seen the disconnect (900 tokens would take many seconds).
-    chat(server, model=SMOL, messages=[{"role": "user", "content": "after"}], max_tokens=2)
+    chat(server, seed=1, model=SMOL, messages=[{"role": "user", "content": "after"}], max_tokens=2)
     assert history(server, session_id) == []
 
 
@@ -269,7 +269,7 @@ def test_a_refused_chat_leaves_the_history_unchanged(server):
     say(server, session_id, "Kept.")
     before = history(server, session_id)
 
-    refused = chat(server, model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=10_000,
+    refused = chat(server, seed=1, model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=10_000,
                    session_id=session_id)
 
     assert_error(refused, 400, code="context_length_exceeded")
@@ -456,7 +456,7 @@ def keyed_server(request, tiny_model_dir, artifacts, tmp_path_factory):
 def test_another_keys_last_turn_is_not_found_and_stays(keyed_server):
     owner, stranger = ({"Authorization": f"Bearer {key}"} for key in (OWNER_KEY, STRANGER_KEY))
     session_id = httpx.post(f"{keyed_server.url}/v1/sessions", json={}, headers=owner, timeout=30).json()["id"]
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "Mine."}], "max_tokens": 2, "session_id": session_id}
+    body = {"seed": 1, "model": "tiny", "messages": [{"role": "user", "content": "Mine."}], "max_tokens": 2, "session_id": session_id}
     assert httpx.post(f"{keyed_server.url}/v1/chat/completions", json=body, headers=owner, timeout=60).status_code == 200
 
     response = delete_last_turn(keyed_server, session_id, headers=stranger)

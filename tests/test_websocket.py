@@ -76,7 +76,7 @@ def counts(usage: dict) -> tuple[int, int, int]:
 
 
 def test_a_greedy_chat_over_the_socket_equals_the_rest_answer_and_its_usage(api_server):
-    request = dict(model=SMOL, messages=QUESTION, temperature=0, max_tokens=24)
+    request = dict(seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=24)
     rest = rest_chat(api_server, **request)
 
     with open_socket(api_server) as socket:
@@ -93,7 +93,7 @@ def test_a_greedy_chat_over_the_socket_equals_the_rest_answer_and_its_usage(api_
 
 
 def test_the_socket_sends_the_same_chunks_as_the_sse_stream(api_server):
-    request = dict(model=SMOL, messages=QUESTION, temperature=0, max_tokens=12)
+    request = dict(seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=12)
     with httpx.stream("POST", f"{api_server.url}/v1/chat/completions", json={**request, "stream": True}, timeout=120) as response:
         lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     sse_chunks = [json.loads(line) for line in lines if line != "[DONE]"]
@@ -114,13 +114,13 @@ def test_two_requests_on_one_socket_run_at_once_and_each_gets_its_own_answer(api
         "colour": [{"role": "user", "content": "What colour is the sky on a clear day?"}],
     }
     expected = {
-        request_id: rest_chat(api_server, model=SMOL, messages=messages, temperature=0, max_tokens=20)["choices"][0]["message"]["content"]
+        request_id: rest_chat(api_server, seed=1, model=SMOL, messages=messages, temperature=0, max_tokens=20)["choices"][0]["message"]["content"]
         for request_id, messages in questions.items()
     }
 
     with open_socket(api_server) as socket:
         for request_id, messages in questions.items():
-            send(socket, type="chat.completion", id=request_id, model=SMOL, messages=messages, temperature=0, max_tokens=20)
+            send(socket, seed=1, type="chat.completion", id=request_id, model=SMOL, messages=messages, temperature=0, max_tokens=20)
         events = events_until_ended(socket, list(questions))
 
     assert {request_id: (text_of(events[request_id]), events[request_id][-1]["type"]) for request_id in questions} == {
@@ -140,7 +140,7 @@ def test_cancel_stops_requests_at_once_and_frees_the_engine_for_the_next_one(api
         endings = {request_id: events[-1] for request_id, events in events_until_ended(socket, running).items()}
         cancelled_after = time.monotonic() - asked
         # Were the cancelled requests still running, this one would wait minutes for a slot.
-        send(socket, type="chat.completion", id="next", model=SMOL, messages=QUESTION, temperature=0, max_tokens=3)
+        send(socket, seed=1, type="chat.completion", id="next", model=SMOL, messages=QUESTION, temperature=0, max_tokens=3)
         following = events_until_ended(socket, ["next"])["next"][-1]
         answered_after = time.monotonic() - asked
 
@@ -155,7 +155,7 @@ def test_closing_the_socket_mid_stream_frees_every_slot_of_the_engine(api_server
         wait_until_streaming(socket, [f"long-{index}" for index in range(SLOTS)])
     # Were the long requests still running, this one would wait minutes for a slot.
     asked = time.monotonic()
-    answer = rest_chat(api_server, model=SMOL, messages=QUESTION, temperature=0, max_tokens=3)
+    answer = rest_chat(api_server, seed=1, model=SMOL, messages=QUESTION, temperature=0, max_tokens=3)
     waited = time.monotonic() - asked
 
     assert (answer["choices"][0]["finish_reason"], waited < 20) == ("length", True)
@@ -168,7 +168,7 @@ def assert_error_event(event: dict, request_id: str | None, param: str | None = 
 
 
 def chat_message(**fields) -> str:
-    return json.dumps({"type": "chat.completion", "model": "tiny", "messages": QUESTION, **fields})
+    return json.dumps({"max_tokens": 16, "seed": 1, "type": "chat.completion", "model": "tiny", "messages": QUESTION, **fields})
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_a_bad_message_is_answered_with_an_error_event_and_the_socket_stays_open
 
 
 def test_validation_errors_read_as_the_rest_api_words_them(api_server):
-    body = {"model": "tiny", "messages": QUESTION, "temperature": 5}
+    body = {"max_tokens": 16, "seed": 1, "model": "tiny", "messages": QUESTION, "temperature": 5}
     rest = httpx.post(f"{api_server.url}/v1/chat/completions", json=body, timeout=30).json()["error"]
 
     with open_socket(api_server) as socket:
@@ -214,7 +214,7 @@ def test_a_second_request_with_an_id_in_flight_is_refused_and_the_first_runs_on(
     with open_socket(api_server) as socket:
         send(socket, type="chat.completion", id="a", **LONG)
         receive(socket)  # the role chunk
-        send(socket, type="chat.completion", id="a", model="tiny", messages=QUESTION, max_tokens=3)
+        send(socket, seed=1, type="chat.completion", id="a", model="tiny", messages=QUESTION, max_tokens=3)
         event = receive(socket)
         while event["type"] == "chat.completion.chunk":
             event = receive(socket)
@@ -286,7 +286,7 @@ def test_a_session_over_the_socket_keeps_the_same_turns_as_over_sse(api_server):
 
     with open_socket(api_server) as socket:
         for turn, question in enumerate(questions):
-            request = dict(model=SMOL, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24)
+            request = dict(seed=1, model=SMOL, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=24)
             sse_usages.append(counts(sse_usage(api_server, session_id=over_sse, **request)))
             send(socket, type="chat.completion", id=f"turn-{turn}", session_id=over_socket, **request)
             socket_usages.append(counts(events_until_ended(socket, [f"turn-{turn}"])[f"turn-{turn}"][-1]["usage"]))
@@ -323,7 +323,7 @@ def test_a_cancelled_request_leaves_its_session_as_it_was(api_server):
 def test_a_session_deleted_while_answering_ends_the_request_with_session_not_found(api_server):
     session_id = create_session(api_server)
     with open_socket(api_server) as socket:
-        send(socket, type="chat.completion", id="q", session_id=session_id, model=SMOL, messages=QUESTION,
+        send(socket, seed=1, type="chat.completion", id="q", session_id=session_id, model=SMOL, messages=QUESTION,
              max_tokens=200, ignore_eos=True, temperature=0)
         wait_until_streaming(socket, ["q"])
         assert httpx.delete(f"{api_server.url}/v1/sessions/{session_id}", timeout=30).status_code == 200
@@ -348,7 +348,7 @@ def keyed_server(tiny_model_dir, artifacts, tmp_path_factory):
 
 def test_a_socket_reaches_only_the_sessions_of_its_own_key(keyed_server):
     session_id = create_session(keyed_server, headers={"Authorization": f"Bearer {OWNER_KEY}"})
-    request = dict(type="chat.completion", session_id=session_id, model="tiny", messages=QUESTION, max_tokens=4)
+    request = dict(seed=1, type="chat.completion", session_id=session_id, model="tiny", messages=QUESTION, max_tokens=4)
     endings = {}
     for key in (STRANGER_KEY, OWNER_KEY):
         with open_socket(keyed_server, additional_headers={"Authorization": f"Bearer {key}"}) as socket:
@@ -416,7 +416,7 @@ def test_a_draining_server_refuses_new_socket_requests_and_finishes_the_running_
             wait_until_streaming(socket, ["running"])
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
-            send(socket, type="chat.completion", id="late", model=SMOL, messages=QUESTION, max_tokens=2)
+            send(socket, seed=1, type="chat.completion", id="late", model=SMOL, messages=QUESTION, max_tokens=2)
             events = events_until_ended(socket, ["running", "late"], timeout=180)
         exit_code = server.process.wait(60)
     finally:
