@@ -24,6 +24,7 @@ from service.metrics import HTTPMetricsMiddleware, Metrics, metrics_endpoint
 from service.openapi import openapi_document
 from service.registry import ModelRegistry
 from service.routes import chat, completions, health, models, session_edits, sessions, ws
+from service.routes import embeddings, responses, tokenizer
 from service.settings import Settings
 from service.storage import check_database_url, open_storage
 from service.storage_errors import DatabaseUnavailable, StorageError, StorageFull, UnstorableValue
@@ -103,6 +104,10 @@ def create_app(settings: Settings, tracer_provider: TracerProvider | None = None
         Route("/v1/sessions/{session_id}", session_edits.update_session, methods=["PATCH"]),
         Route("/v1/sessions/{session_id}/turns", session_edits.append_turn, methods=["POST"]),
         Route("/v1/sessions/{session_id}/turns/last", sessions.delete_last_turn, methods=["DELETE"]),
+        Route("/v1/responses", responses.create_response, methods=["POST"]),
+        Route("/v1/embeddings", embeddings.embeddings, methods=["POST"]),
+        Route("/tokenize", tokenizer.tokenize, methods=["POST"]),
+        Route("/detokenize", tokenizer.detokenize, methods=["POST"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
         WebSocketRoute("/v1/ws", ws.chat_socket),
     ]

@@ -60,14 +60,14 @@ class ModelFolder:
         """Token ids for a rendered prompt; control tokens written in it are recognized."""
         return self._with_bos(token_ids(self.tokenizer, text))
 
-    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True) -> list[int]:
         """Token ids for a conversation: the template's own control tokens stay control tokens,
         while message contents are tokenized as plain text, so a user who writes `<|im_end|>`
         cannot end their turn and speak as the system or the assistant. `tools` reach templates
         that know them (service.tool_calls prepares messages for those that do not)."""
         assert self.chat_template is not None
         ids: list[int] = []
-        for text, is_content in self.chat_template.render_segments(messages, tools=tools):
+        for text, is_content in self.chat_template.render_segments(messages, add_generation_prompt, tools=tools):
             tokenizer = self._plain_text_tokenizer if is_content else self.tokenizer
             ids.extend(token_ids(tokenizer, text))
         return self._with_bos(ids)

@@ -13,7 +13,27 @@ import msgspec
 
 from service import SERVICE_VERSION
 from service.routes.models import RegisterModelRequest
-from service.schemas import AppendTurnRequest, ChatCompletionRequest, CompletionRequest, CreateSessionRequest, UpdateSessionRequest
+from service.routes.sessions import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from service.schemas import (
+    AppendTurnRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    CreateSessionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    ResponseRequest,
+    TokenizeRequest,
+    UpdateSessionRequest,
+)
+from service.serving import response_bodies as bodies
+from service.session_store import MAX_QUERY_CHARACTERS
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    description: str
+    schema: dict
 
 
 @dataclass(frozen=True)
@@ -27,6 +47,9 @@ class Operation:
     example: dict | None = None
     media_type: str = "application/json"
     body_required: bool = True
+    response: object | None = None  # the success body's type (a msgspec struct); None: plain text
+    stream: object | None = None  # with `"stream": true`, the type of each server-sent event's data
+    query: tuple[Query, ...] = ()
 
 
 _CHAT_EXAMPLE = {
@@ -38,25 +61,38 @@ _CHAT_EXAMPLE = {
 _COMPLETION_EXAMPLE = {"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 8}
 _GENERATION_ERRORS = (400, 404, 429, 503)
 
+_SESSION_LIST_QUERY = (
+    Query("limit", f"sessions per page, 1 to {MAX_LIST_LIMIT}", {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": DEFAULT_LIST_LIMIT}),
+    Query("after", "the last id of the previous page (its `last_id`)", {"type": "string"}),
+    Query("q", "keep sessions with a message holding every word of it, each with a snippet", {"type": "string", "maxLength": MAX_QUERY_CHARACTERS}),
+)
+
 OPERATIONS: list[Operation] = [
-    Operation("GET", "/livez", "Liveness: the process answers"),
-    Operation("GET", "/readyz", "Readiness: a model can serve requests (503 while none can, or while draining)", errors=(503,)),
-    Operation("GET", "/startupz", "Startup: the models given at startup are registered (503 before)", errors=(503,)),
+    Operation("GET", "/livez", "Liveness: the process answers", response=bodies.Status),
+    Operation(
+        "GET", "/readyz", "Readiness: a model can serve requests (503 while none can, or while draining)", errors=(503,),
+        response=bodies.Readiness,
+    ),
+    Operation("GET", "/startupz", "Startup: the models given at startup are registered (503 before)", errors=(503,), response=bodies.Status),
     Operation(
         "GET", "/metrics", "Prometheus metrics (text exposition format); see docs/operations.md", media_type="text/plain"
     ),
-    Operation("GET", "/v1/models", "List models with their status"),
+    Operation("GET", "/v1/models", "List models with their status", response=bodies.ModelList),
     Operation(
         "POST",
         "/v1/models",
         "Register a model (converted folder, GGUF file or checkpoint folder); converts and loads in the background",
         RegisterModelRequest,
         success=202,
-        errors=(400, 409),
+        errors=(400, 409, 503, 507),
         example={"id": "my-model", "source": "/models/my-model.gguf", "max_context": 2048},
+        response=bodies.Model,
     ),
-    Operation("GET", "/v1/models/{model_id}", "One model: status, conversion progress, error", errors=(404,)),
-    Operation("DELETE", "/v1/models/{model_id}", "Unload a model; requests in flight finish first", errors=(404,)),
+    Operation("GET", "/v1/models/{model_id}", "One model: status, conversion progress, error", errors=(404,), response=bodies.Model),
+    Operation(
+        "DELETE", "/v1/models/{model_id}", "Unload a model; requests in flight finish first", errors=(404, 503, 507),
+        response=bodies.ModelDeleted,
+    ),
     Operation(
         "POST",
         "/v1/chat/completions",
@@ -64,6 +100,8 @@ OPERATIONS: list[Operation] = [
         ChatCompletionRequest,
         errors=_GENERATION_ERRORS,
         example=_CHAT_EXAMPLE,
+        response=bodies.ChatCompletion,
+        stream=bodies.ChatCompletionChunk,
     ),
     Operation(
         "POST",
@@ -72,6 +110,45 @@ OPERATIONS: list[Operation] = [
         CompletionRequest,
         errors=_GENERATION_ERRORS,
         example=_COMPLETION_EXAMPLE,
+        response=bodies.Completion,
+        stream=bodies.Completion,
+    ),
+    Operation(
+        "POST",
+        "/v1/responses",
+        "A model response (OpenAI's Responses API), whole or streamed as typed events; previous_response_id continues a stored one",
+        ResponseRequest,
+        errors=(*_GENERATION_ERRORS, 507),
+        example={"model": "SmolLM2-135M-Instruct", "input": "What is the capital of France?", "max_output_tokens": 32},
+        response=bodies.Response,
+        stream=bodies.ResponseStreamEvent,
+    ),
+    Operation(
+        "POST",
+        "/v1/embeddings",
+        "Embeddings: each input's final hidden states, mean-pooled to unit length; floats or base64",
+        EmbeddingRequest,
+        errors=(400, 404, 429, 503),
+        example={"model": "SmolLM2-135M-Instruct", "input": ["The capital of France is Paris."]},
+        response=bodies.EmbeddingList,
+    ),
+    Operation(
+        "POST",
+        "/tokenize",
+        "A text or a conversation as the model's token ids, with their count and the model's context length",
+        TokenizeRequest,
+        errors=(400, 404, 503),
+        example={"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is"},
+        response=bodies.Tokenized,
+    ),
+    Operation(
+        "POST",
+        "/detokenize",
+        "Token ids back to text",
+        DetokenizeRequest,
+        errors=(400, 404, 503),
+        example={"model": "SmolLM2-135M-Instruct", "tokens": [504, 3575, 282, 4649, 314]},
+        response=bodies.Detokenized,
     ),
     Operation(
         "POST",
@@ -79,58 +156,47 @@ OPERATIONS: list[Operation] = [
         "Create a chat session (history kept in SQLite; chat with session_id uses and extends it)",
         CreateSessionRequest,
         success=201,
-        errors=(400, 503, 507),
+        errors=(400, 404, 503, 507),
         example={"title": "Trip planning", "system_prompt": "You are a concise assistant.", "max_turns": 20},
         body_required=False,  # no body: a session with every default
+        response=bodies.SessionWithMessages,
     ),
     Operation(
-        "GET", "/v1/sessions", "List sessions, newest first; ?q= searches past messages, ?limit and ?after page", errors=(400, 503)
+        "GET", "/v1/sessions", "List sessions, newest first; ?q= searches past messages, ?limit and ?after page", errors=(400, 503),
+        response=bodies.SessionList, query=_SESSION_LIST_QUERY,
     ),
-    Operation("GET", "/v1/sessions/{session_id}", "One session with its messages", errors=(404,)),
+    Operation("GET", "/v1/sessions/{session_id}", "One session with its messages", errors=(404, 503), response=bodies.SessionWithMessages),
     Operation(
         "PATCH",
         "/v1/sessions/{session_id}",
         "Rename a session or replace its metadata",
         UpdateSessionRequest,
-        errors=(400, 404),
+        errors=(400, 404, 503, 507),
         example={"title": "Trip to Lisbon"},
+        response=bodies.Session,
     ),
-    Operation("DELETE", "/v1/sessions/{session_id}", "Delete a session and its messages", errors=(404, 503, 507)),
+    Operation(
+        "DELETE", "/v1/sessions/{session_id}", "Delete a session and its messages", errors=(404, 503, 507), response=bodies.SessionDeleted
+    ),
     Operation(
         "POST",
         "/v1/sessions/{session_id}/turns",
         "Store a turn the client already holds (e.g. an answer it stopped) as the session's next turn, without generating",
         AppendTurnRequest,
         success=201,
-        errors=(400, 404),
+        errors=(400, 404, 503, 507),
         example={"messages": [{"role": "user", "content": "Tell me a story."}, {"role": "assistant", "content": "Once upon a"}]},
+        response=bodies.SessionWithMessages,
     ),
     Operation(
         "DELETE",
         "/v1/sessions/{session_id}/turns/last",
         "Take back a session's newest turn (its messages and answer), e.g. to ask again; 409 session_empty without one",
         errors=(404, 409, 503, 507),
+        response=bodies.TurnDeleted,
     ),
-    Operation("GET", "/openapi.json", "This document"),
+    Operation("GET", "/openapi.json", "This document", response=dict),
 ]
-
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type", "param", "code"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
-
 
 # Open without an API key: orchestrators probe them. /metrics is too with --metrics-public.
 _OPEN_PATHS = {"/livez", "/readyz", "/startupz"}
@@ -140,24 +206,29 @@ _SECURITY_SCHEMES = {
     "bearerAuth": {"type": "http", "scheme": "bearer", "description": "an API key: `Authorization: Bearer KEY`"},
     "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
 }
-_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
 
 def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
-    requests = [operation.request for operation in operations if operation.request is not None]
-    schemas, components = msgspec.json.schema_components(requests, ref_template="#/components/schemas/{name}")
-    by_type = dict(zip(requests, schemas, strict=True))
+    types = list(
+        dict.fromkeys(
+            kind
+            for operation in operations
+            for kind in (operation.request, operation.response, operation.stream)
+            if kind is not None
+        )
+    )
+    schemas, components = msgspec.json.schema_components([*types, bodies.ErrorBody], ref_template="#/components/schemas/{name}")
+    by_type = dict(zip(types, schemas, strict=False))
     paths: dict[str, dict] = {}
     for operation in operations:
+        success = by_type[operation.response] if operation.response is not None else {"type": "string"}
         entry: dict = {
             "summary": operation.summary,
             "operationId": f"{operation.method.lower()}_{operation.path.strip('/').replace('/', '_').replace('{', '').replace('}', '').replace('.', '_')}",
             "responses": {
-                str(operation.success): {"description": "success", "content": {operation.media_type: {"schema": {"type": "object" if operation.media_type == "application/json" else "string"}}}},
-                **{
-                    str(status): {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-                    for status in operation.errors
-                },
+                str(operation.success): {"description": "success", "content": {operation.media_type: {"schema": success}}},
+                **{str(status): {"description": "error", "content": _ERROR_CONTENT} for status in operation.errors},
             },
         }
         if operation.path in _OPEN_PATHS:
@@ -173,22 +244,35 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
             entry["responses"]["415"] = {
                 "description": "without API keys: a body not sent as application/json (unsupported_media_type)", "content": _ERROR_CONTENT,
             }
-        for name in ("model_id", "session_id"):
-            if "{" + name + "}" in operation.path:
-                entry["parameters"] = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in ("model_id", "session_id")
+            if "{" + name + "}" in operation.path
+        ]
+        parameters += [
+            {"name": query.name, "in": "query", "required": False, "description": query.description, "schema": query.schema}
+            for query in operation.query
+        ]
+        if parameters:
+            entry["parameters"] = parameters
         if operation.request is not None:
             media = {"schema": by_type[operation.request]}
             if operation.example is not None:
                 media["example"] = operation.example
             entry["requestBody"] = {"required": operation.body_required, "content": {"application/json": media}}
-        if operation.request in (ChatCompletionRequest, CompletionRequest):
-            entry["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+        if operation.stream is not None:
+            # OpenAPI 3.1 cannot type the events of a stream (3.2's itemSchema can): the schema
+            # of each event's `data:` goes in an extension, its types in the components.
+            entry["responses"]["200"]["content"]["text/event-stream"] = {
+                "schema": {"type": "string", "description": "server-sent events; each `data:` is JSON of the type in x-event-data"},
+                "x-event-data": by_type[operation.stream],
+            }
         paths.setdefault(operation.path, {})[operation.method.lower()] = entry
     return {
         "openapi": "3.1.0",
         "info": {"title": "llm-service", "version": SERVICE_VERSION, "description": "OpenAI-compatible inference for small local models"},
         "paths": paths,
-        "components": {"schemas": {**components, "Error": _ERROR_SCHEMA}, "securitySchemes": _SECURITY_SCHEMES},
+        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
         "security": [{"bearerAuth": []}, {"apiKeyHeader": []}],
     }
 

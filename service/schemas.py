@@ -101,7 +101,7 @@ class CompletionRequest(GenerationOptions, kw_only=True):
 
 
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
+_MISSING = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
 def _param_of(message: str) -> str | None:
@@ -171,3 +171,87 @@ class AppendTurnRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     """POST /v1/sessions/{id}/turns: a turn the client already has (an answer it stopped)."""
 
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+
+
+class TokenizeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /tokenize, as vLLM takes it: a text (`prompt`) or a conversation (`messages`, templated
+    as a chat completion templates it), never both."""
+
+    model: str
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)] | None = None
+    add_special_tokens: bool = True  # prompt: the BOS token the model's prompts start with
+    add_generation_prompt: bool = True  # messages: the assistant's header, as a chat prompt ends
+
+
+class DetokenizeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str
+    tokens: list[int]
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on inputs per request
+
+
+class EmbeddingRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/embeddings. `input` is a text, a list of texts, token ids or a list of such lists
+    (msgspec allows one list type in a union, so the list's shape is checked in `inputs()`)."""
+
+    model: str
+    input: str | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: PositiveInt | None = None
+    user: str | None = None
+
+    def inputs(self) -> list[str | list[int]]:
+        """The inputs as texts or token-id lists; raises ValueError for a mixed list."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(item, int) for item in self.input):
+            return [list(self.input)]
+        if all(isinstance(item, str) for item in self.input) or all(isinstance(item, list) for item in self.input):
+            return list(self.input)
+        raise ValueError("input must be a string, a list of strings, a list of token ids or a list of such lists")
+
+
+class InputText(Struct, tag_field="type", tag="input_text"):
+    text: str
+
+
+class OutputTextPart(Struct, tag_field="type", tag="output_text"):
+    """An earlier answer's text, as a client echoes a previous response's output back."""
+
+    text: str
+    annotations: list[dict] = []
+
+
+class ResponseInputMessage(Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[InputText | OutputTextPart]
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class ResponseRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST /v1/responses: the Responses API's text generation. Fields this service does not
+    implement (tools, reasoning, ...) are refused by name rather than ignored."""
+
+    model: str
+    input: str | Annotated[list[ResponseInputMessage], Meta(min_length=1)]
+    instructions: str | None = None  # a system message for this response only, as OpenAI's
+    previous_response_id: str | None = None
+    max_output_tokens: PositiveInt | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    seed: int | None = None  # an extension, as for chat: same seed, same answer
+    stream: bool = False
+    store: bool = True  # keep the conversation, so a later request can continue it
+    user: str | None = None
+
+    def input_messages(self) -> list[dict]:
+        """`input` as chat messages (a text is one user message; developer messages are system ones)."""
+        items = [ResponseInputMessage(role="user", content=self.input)] if isinstance(self.input, str) else self.input
+        return [{"role": "system" if item.role == "developer" else item.role, "content": item.text()} for item in items]

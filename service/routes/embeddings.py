@@ -1,0 +1,14 @@
+"""POST /v1/embeddings (service.serving.embeddings)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.routes.framing import json_response
+from service.schemas import EmbeddingRequest, decode_body
+from service.serving.embeddings import create_embeddings
+
+
+async def embeddings(request: Request) -> Response:
+    return json_response(await create_embeddings(request, decode_body(await request.body(), EmbeddingRequest)))

@@ -1,0 +1,18 @@
+"""POST /tokenize and /detokenize (service.serving.tokenization)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.routes.framing import json_response
+from service.schemas import DetokenizeRequest, TokenizeRequest, decode_body
+from service.serving import tokenization
+
+
+async def tokenize(request: Request) -> Response:
+    return json_response(await tokenization.tokenize(request, decode_body(await request.body(), TokenizeRequest)))
+
+
+async def detokenize(request: Request) -> Response:
+    return json_response(await tokenization.detokenize(request, decode_body(await request.body(), DetokenizeRequest)))
