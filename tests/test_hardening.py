@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -578,3 +579,52 @@ VIOLATIONS = {
 def test_a_websocket_protocol_violation_gets_the_close_frame_rfc_6455_names(server, violation):
     data, code = VIOLATIONS[violation]
     assert close_code_after(server, data) == code
+
+
+# Also: kill -9 while session chats are being answered (bench/reliability_report.py runs it).
+
+
+def test_a_kill_during_session_chats_keeps_every_answered_turn_whole(smollm2_model_dir, artifacts, tmp_path):
+    data = tmp_path / "data"
+
+    def start() -> ServiceProcess:
+        return ServiceProcess("--model", f"{SMOL}={smollm2_model_dir}", "--data-dir", str(data), "--max-context", "2048",
+                              log_path=artifacts / "kill_during_chats_server.log")
+
+    server = start()
+    sessions = [create_session(server, system_prompt="You are terse.")["id"] for _ in range(3)]
+    answered = {}
+    for session_id in sessions:
+        body = {"model": SMOL, "session_id": session_id, "max_tokens": 8, "seed": 1,
+                "messages": [{"role": "user", "content": "Say hello."}]}
+        answered[session_id] = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120).json()
+
+    def stream_until_killed(body: dict) -> None:
+        with pytest.raises(httpx.TransportError):  # the server dies under it
+            httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+
+    streams = [threading.Thread(target=stream_until_killed, args=({**LONG, "session_id": session_id, "stream": True},))
+               for session_id in sessions]  # second turns, killed while they stream
+    for stream in streams:
+        stream.start()
+    wait_until(lambda: int(float(re.search(r'^llm_num_requests_running\{model="[^"]+"\} (\S+)$',
+                                            httpx.get(f"{server.url}/metrics", timeout=30).text, re.MULTILINE).group(1))) == 3,
+               timeout=60)
+    server.process.kill()
+    server.process.wait()
+    for stream in streams:
+        stream.join(30)
+
+    restarted = start()
+    try:
+        kept = {session_id: httpx.get(f"{restarted.url}/v1/sessions/{session_id}", timeout=30).json()["messages"] for session_id in sessions}
+    finally:
+        restarted.stop()
+    with sqlite3.connect(data / "sessions.sqlite3") as connection:
+        integrity = connection.execute("PRAGMA integrity_check").fetchone()[0]
+    connection.close()
+
+    assert integrity == "ok"
+    for session_id, messages in kept.items():
+        assert [(message["turn"], message["role"]) for message in messages] == [(0, "system"), (1, "user"), (1, "assistant")]
+        assert messages[2]["content"] == answered[session_id]["choices"][0]["message"]["content"]
