@@ -93,6 +93,8 @@ def test_a_deleted_chat_is_gone_from_the_server_once_undo_has_passed(page, servi
     open_chat_page(page, service, spa_server)
 
     session_named(page, title).get_by_test_id("session-delete").click()
+    expect(page.get_by_test_id("undo-bar")).to_be_visible()
+    assert httpx.get(f"{service.url}/v1/sessions/{session_id}", timeout=30).status_code == 200  # still undoable
 
     expect(page.get_by_test_id("undo-bar")).to_be_hidden(timeout=(UNDO_SECONDS + 5) * 1000)
     assert httpx.get(f"{service.url}/v1/sessions/{session_id}", timeout=30).status_code == 404

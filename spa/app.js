@@ -1,5 +1,6 @@
 // The chat page: settings, model picker, saved chats, and answers that grow as tokens stream.
 import { ApiClient } from "./api.js";
+import { ChatList } from "./chat_list.js";
 import { conversationMarkdown, download, fileName } from "./export.js";
 import { renderMarkdown } from "./markdown.js";
 import { setupThemeToggle } from "./theme.js";
@@ -49,8 +50,7 @@ const STORED_SETTINGS = {
 // otherwise, the page asks for these. Seed stays empty (random) unless set.
 const FALLBACK_TEMPERATURE = 0.7;
 const DEFAULT_MAX_TOKENS = 512;
-const UNDO_MS = 6000;  // how long a deleted chat can be brought back before the server deletes it
-const SEARCH_DELAY_MS = 250;
+
 const TITLE_LENGTH = 48;
 const STATUS_POLL_MS = 2000;  // while a model converts or loads, its status is fetched again
 const RECONNECT_MS = 5000;  // while the API cannot be reached, the page tries again
@@ -60,10 +60,18 @@ let sessionId = null;  // the server-side session of this chat, once its first m
 let sessionMetadata = {};  // its metadata: `partial_turns` lists the turns whose answer was cut short
 let running = null;
 let statusTimer = null;
+const chats = new ChatList(
+  { list: elements.sessions, search: elements.search, undoBar: elements.undoBar, undoText: elements.undoText, undoButton: elements.undoDelete },
+  {
+    client: () => api(),
+    currentId: () => sessionId,
+    open: (id) => openSession(id),
+    closeCurrent: () => { if (!running) startChat(null, []); },
+    report: (error) => showError(describe(error)),
+  },
+);
 let models = new Map();  // id -> the API's description, with its generation_defaults
 let pendingTurn = null;  // a cut-short answer the server could not be told about yet
-let pendingDeletion = null;  // { id, wasOpen, timer }: gone from the list, not yet from the server
-let searchTimer = null;
 
 // The API address: ?api= in the page address, then the last one used, then this page's origin.
 // ?key= may carry the key; it is stored, then dropped from the address so it stays out of history.
@@ -211,96 +219,7 @@ async function connect({ retrying = false } = {}) {
   }
   showError(listed.length ? "" : "The server has no models.");
   await savePendingTurn().catch((error) => showError(describe(error)));
-  await loadSessions().catch((error) => showError(describe(error)));
-}
-
-// The sidebar: every chat, or with words in the search box the chats holding them, each with
-// the matching text around its hits. A chat deleted moments ago stays out while it can be undone.
-async function loadSessions() {
-  const query = elements.search.value.trim();
-  const sessions = await api().listSessions(query);
-  if (query !== elements.search.value.trim()) return;  // a newer search is on its way
-  elements.sessions.replaceChildren(...sessions.filter((session) => session.id !== pendingDeletion?.id).map(sessionItem));
-}
-
-function sessionItem(session) {
-  const title = session.title || "Untitled chat";
-  const item = document.createElement("li");
-  item.dataset.testid = "session-item";
-  item.dataset.sessionId = session.id;
-  item.classList.toggle("current", session.id === sessionId);
-  if (session.id === sessionId) item.setAttribute("aria-current", "true");
-  const open = document.createElement("button");
-  open.type = "button";
-  open.className = "open";
-  open.dataset.testid = "session-open";
-  open.title = session.title || "";
-  const name = document.createElement("span");
-  name.className = "title";
-  name.textContent = title;
-  open.append(name);
-  if (session.snippet) open.append(snippetElement(session.snippet));
-  open.addEventListener("click", () => openSession(session.id));
-  const rename = sessionButton("✎", "session-rename", `Rename chat ${title}`);
-  rename.addEventListener("click", () => startRename(item, session));
-  const remove = sessionButton("✕", "session-delete", `Delete chat ${title}`);
-  remove.addEventListener("click", () => deleteSession(session));
-  item.append(open, rename, remove);
-  return item;
-}
-
-function sessionButton(text, testId, label) {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "session-action";
-  button.dataset.testid = testId;
-  button.textContent = text;
-  button.setAttribute("aria-label", label);
-  return button;
-}
-
-// The server wraps each hit in **; they become <mark>s, the rest stays text.
-function snippetElement(snippet) {
-  const element = document.createElement("span");
-  element.className = "snippet";
-  element.dataset.testid = "session-snippet";
-  snippet.split("**").forEach((part, index) => {
-    if (index % 2) element.append(Object.assign(document.createElement("mark"), { textContent: part }));
-    else element.append(part);
-  });
-  return element;
-}
-
-// The title becomes a field: Enter keeps the new name, Escape (or leaving it) keeps the old.
-function startRename(item, session) {
-  const input = document.createElement("input");
-  input.className = "rename";
-  input.dataset.testid = "session-rename-input";
-  input.value = session.title || "";
-  input.setAttribute("aria-label", "New name for this chat");
-  let done = false;
-  const finish = async (save) => {
-    if (done) return;
-    done = true;
-    const title = input.value.trim();
-    try {
-      if (save && title && title !== session.title) await api().updateSession(session.id, { title });
-    } catch (error) {
-      showError(describe(error));
-    }
-    await loadSessions().catch((error) => showError(describe(error)));
-  };
-  input.addEventListener("keydown", (event) => {
-    if (event.key === "Enter") finish(true);
-    if (event.key === "Escape") {
-      event.stopPropagation();  // leaves the field, not the answer being written
-      finish(false);
-    }
-  });
-  input.addEventListener("blur", () => finish(false));
-  item.querySelector(".open").replaceWith(input);
-  input.focus();
-  input.select();
+  await chats.refresh();
 }
 
 function startChat(id, messages, metadata = {}) {
@@ -329,47 +248,10 @@ async function openSession(id) {
     const session = await api().getSession(id);
     const shown = session.messages.filter((message) => ["system", "user", "assistant"].includes(message.role));
     startChat(session.id, shown, session.metadata);
-    await loadSessions();
+    await chats.refresh();
   } catch (error) {
     showError(describe(error));
   }
-}
-
-// A deleted chat leaves the list at once but the server only after UNDO_MS, so Undo can bring
-// it back; a deletion still due when the page closes is sent then.
-async function deleteSession(session) {
-  showError("");
-  await finishDeletion();
-  const wasOpen = session.id === sessionId;
-  pendingDeletion = { id: session.id, wasOpen, timer: setTimeout(finishDeletion, UNDO_MS) };
-  if (wasOpen && !running) startChat(null, []);
-  elements.undoText.textContent = `Deleted "${session.title || "Untitled chat"}".`;
-  elements.undoBar.hidden = false;
-  elements.sessions.querySelector(`[data-session-id="${CSS.escape(session.id)}"]`)?.remove();
-}
-
-async function finishDeletion({ keepalive = false } = {}) {
-  if (!pendingDeletion) return;
-  const { id, timer } = pendingDeletion;
-  clearTimeout(timer);
-  pendingDeletion = null;
-  elements.undoBar.hidden = true;
-  try {
-    await api().deleteSession(id, { keepalive });
-  } catch (error) {
-    showError(describe(error));
-  }
-  if (!keepalive) await loadSessions().catch((error) => showError(describe(error)));
-}
-
-async function undoDeletion() {
-  if (!pendingDeletion) return;
-  const { id, wasOpen, timer } = pendingDeletion;
-  clearTimeout(timer);
-  pendingDeletion = null;
-  elements.undoBar.hidden = true;
-  if (wasOpen) await openSession(id);
-  else await loadSessions().catch((error) => showError(describe(error)));
 }
 
 // A message's first child holds its text: plain for the user and the system prompt, sanitized
@@ -647,7 +529,7 @@ async function send(messages, controller = new AbortController()) {
     statusTimer = setTimeout(connect, RECONNECT_MS, { retrying: true });
     return;
   }
-  await loadSessions().catch((error) => showError(describe(error)));
+  await chats.refresh();
 }
 
 // Tokens per second over the decode (first token to last) and the wait for the first token.
@@ -736,23 +618,16 @@ document.addEventListener("keydown", (event) => {
   }
   if (event.key.toLowerCase() === "k" && (event.ctrlKey || event.metaKey)) {
     event.preventDefault();
-    elements.search.focus();
-    elements.search.select();
+    chats.focusSearch();
   }
 });
 elements.stop.addEventListener("click", () => running?.abort());
 elements.newChat.addEventListener("click", () => {
   if (running) return;
   startChat(null, []);
-  loadSessions().catch((error) => showError(describe(error)));
+  chats.refresh();
   elements.prompt.focus();
 });
-elements.search.addEventListener("input", () => {
-  clearTimeout(searchTimer);
-  searchTimer = setTimeout(() => loadSessions().catch((error) => showError(describe(error))), SEARCH_DELAY_MS);
-});
-elements.undoDelete.addEventListener("click", undoDeletion);
-window.addEventListener("pagehide", () => finishDeletion({ keepalive: true }));
 elements.exportMarkdown.addEventListener("click", () => exportChat("markdown"));
 elements.exportJson.addEventListener("click", () => exportChat("json"));
 elements.settingsToggle.addEventListener("click", () => {
