@@ -16,6 +16,7 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def main() -> None:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             lines.append(
-                f"| {model_name} | {mode}{' (the service default)' if options == service_default else ''} | {row['megabytes']:.0f} | {row['convert_seconds']:.1f} | {row['load_seconds']:.2f} "
+                f"| {model_name} | {mode}{' (the service default)' if replace(options, activations=options.activation_precision) == service_default else ''} | {row['megabytes']:.0f} | {row['convert_seconds']:.1f} | {row['load_seconds']:.2f} "
                 f"| {row['perplexity']:.3f} | {reference_perplexity:.3f} | {row['top1'] * 100:.1f}% |"
             )
             print(lines[-1], flush=True)

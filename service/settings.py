@@ -55,7 +55,7 @@ class Settings:
     queue_timeout: float = 60.0
     # How the service converts GGUF files and checkpoints it is given: float32 activations, so a
     # model answers as transformers does on the same file (int8 activations, as llama.cpp's dot
-    # products use, flip one next token in 30: docs/conversion.md), or int8 for speed (ORT's
+    # products use, change 2 to 3 next tokens in 100: docs/conversion.md), or int8 for speed (ORT's
     # fast batched kernels need them; float ones also make the engine decode rows one at a time).
     activations: str = "fp32"
     # Megabytes all loaded models may take (weights plus full KV caches); 0: no limit.
