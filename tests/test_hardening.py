@@ -169,7 +169,7 @@ def first_event(socket, request_id: str) -> dict:
 def test_a_non_streaming_generation_stops_when_its_client_leaves(smol_server, keys):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{smol_server.url}/v1/chat/completions", json=LONG, headers=bearer(keys["filler"]), timeout=3)
-    assert wait_until(lambda: running(smol_server, keys["filler"]) == 0, timeout=10) < 1
+    assert wait_until(lambda: running(smol_server, keys["filler"]) == 0, timeout=10) < 2  # a stream's: 0.13 s
 
 
 # 6. A key's concurrent streams count its WebSocket generations.
@@ -415,7 +415,7 @@ def test_large_prompts_leave_the_server_answering(large_body_server):
         slowest = max(slowest, time.monotonic() - started)
         time.sleep(0.05)
     assert [response.json()["error"]["code"] for response in answers] == ["context_length_exceeded"] * 6
-    assert slowest < 1, f"/livez took {slowest:.2f}s while the prompts were tokenized"
+    assert slowest < 2, f"/livez took {slowest:.2f}s while the prompts were tokenized"  # 4.9 s on the loop
 
 
 # 11. Why a registration failed is for admin keys; special files are refused at once.
