@@ -286,6 +286,17 @@ def test_a_streamed_session_chat_on_a_full_disk_ends_with_an_error_event_and_don
     assert payloads[-1] == "[DONE]" and payloads[-2]["error"]["code"] == "storage_full", payloads[-3:]
 
 
+def test_a_websocket_session_chat_on_a_full_disk_ends_with_an_error_event(full_disk_server):
+    server, session_id, _ = full_disk_server
+    with connect(server.url.replace("http://", "ws://", 1) + "/v1/ws", open_timeout=30) as socket:
+        socket.send(json.dumps({"type": "chat.completion", "id": "a", **CHAT, "session_id": session_id}))
+        events = [json.loads(socket.recv(timeout=60))]
+        while events[-1]["type"] not in ("done", "error", "cancelled"):
+            events.append(json.loads(socket.recv(timeout=60)))
+    assert events[0]["type"] == "chat.completion.chunk"
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "storage_full", events[-1]
+
+
 def test_readyz_reports_a_full_disk_until_space_is_freed(full_disk_server):
     server, _, filler = full_disk_server
     httpx.post(f"{server.url}/v1/sessions", json={"system_prompt": "x" * 100_000}, timeout=30)
