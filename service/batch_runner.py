@@ -105,6 +105,9 @@ class BatchRunner:
         self.capacity = capacity
         self.slots = slots
         self.device = device
+        # Host buffers bound per step suit the CPU best; on a GPU every decode input and output is
+        # an OrtValue bound once. Either way works on the CPU, which is how tests reach the GPU's.
+        self.host_buffers = device == "cpu"
         self.vocab_size = shape.vocab_size
         self.signature = GraphSignature.of(session)
         cuda_options = session.get_provider_options().get("CUDAExecutionProvider", {})
@@ -162,7 +165,7 @@ class BatchRunner:
         temperatures = self._temperatures([temperature], 1)
         if self.signature.candidates:
             binding.bind_cpu_input(names.TEMPERATURES, temperatures)
-        if self.device == "cpu":
+        if self.host_buffers:
             logits = np.empty((1, kept, self.vocab_size), dtype=np.float32) if all_positions else None
             self._bind_host_outputs(binding, slot, 1, logits)
             self.session.run_with_iobinding(binding, self._options(-1))
@@ -240,7 +243,7 @@ class BatchRunner:
         lengths = np.array(positions, dtype=np.int32)
         total = self.capacity if self.cuda_graphs else int(lengths.max()) + 1
         temperature_values = self._temperatures(temperatures, rows)
-        if self.device == "cpu":
+        if self.host_buffers:
             binding = self._decode_bindings.get(rows)
             if binding is None:
                 binding = self.session.io_binding()

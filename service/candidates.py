@@ -22,7 +22,7 @@ class CandidateRow:
     logits: np.ndarray  # float32 (candidates,), their raw logits
     log_normalizer: float  # log(sum(exp(logits / temperature))) over the whole vocabulary
     temperature: float  # the temperature log_normalizer was computed at
-    fetch: Callable[[], np.ndarray]  # the row's full logits (vocab,), downloaded on demand
+    fetch: Callable[[], np.ndarray]  # the row's full logits (vocab,), downloaded on demand; until the runner's next step
 
     def full_logits(self) -> np.ndarray:
         return self.fetch()

@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions, convert
 from converter.weights import BlockQuantizedWeight, gather_layout_for_cuda
-from service.batch_runner import ModelShape
+from service.batch_runner import BatchRunner, ModelShape
 from service.candidates import CandidateRow
 from service.engine import Engine, EngineLimits, GenerationRequest, TextDelta
 from service.generator import Generator
@@ -340,3 +340,26 @@ def test_slot_moves_on_the_gpu_equal_numpy_moves():
         values[2, :, :5] = kept
         values[1, :, :4] = values[2, :, :4]
         assert np.array_equal(device._values[key].numpy(), values)
+
+
+def test_device_bound_steps_compute_what_host_buffers_do(tiny_checkpoint, tmp_path):
+    """The GPU's binding (OrtValues bound once per row count, candidates downloaded, logits
+    fetched on demand) run on the CPU against the CPU's numpy binding."""
+    folder = ModelFolder.load(convert(tiny_checkpoint, tmp_path / "cuda", ConversionOptions(device="cuda")))
+    session = create_session(folder.path / "model.onnx", choose_placement("cpu"), threads=1)
+    prompt = folder.encode(PROMPT)
+    results = {}
+    for host_buffers in (True, False):
+        runner = BatchRunner(session, ModelShape.from_config(folder.config), 64, 3)
+        runner.host_buffers = host_buffers
+
+        def taken(rows: list[CandidateRow]) -> list[tuple]:  # a row's logits last until the next step
+            return [(row.ids.copy(), row.logits.copy(), row.log_normalizer, row.full_logits().copy()) for row in rows]
+
+        first = taken([runner.prefill(0, prompt[:-2], 0)])
+        runner.prefill(1, prompt[:-3], 0)
+        results[host_buffers] = first + taken(runner.decode([prompt[-2], prompt[-3]], [len(prompt) - 2, len(prompt) - 3], [0.7, 0.0]))
+
+    for (host_ids, host_logits, host_normalizer, host_full), (ids, logits, normalizer, full) in zip(results[True], results[False], strict=True):
+        assert np.array_equal(ids, host_ids) and np.array_equal(logits, host_logits)
+        assert normalizer == host_normalizer and np.array_equal(full, host_full)
