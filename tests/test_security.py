@@ -33,6 +33,12 @@ PROTECTED = [
     ("GET", "/v1/sessions/sess_unknown", None),
     ("DELETE", "/v1/sessions/sess_unknown", None),
     ("DELETE", "/v1/sessions/sess_unknown/turns/last", None),
+    ("PATCH", "/v1/sessions/sess_unknown", {"title": "renamed"}),
+    ("POST", "/v1/sessions/sess_unknown/turns", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/v1/embeddings", {"model": "tiny", "input": "hello"}),
+    ("POST", "/v1/responses", {"model": "tiny", "input": "hello", "max_output_tokens": 2}),
+    ("POST", "/tokenize", None),
+    ("POST", "/detokenize", None),
     ("GET", "/openapi.json", None),
 ]
 OPEN_WITHOUT_KEY = {"/livez", "/readyz", "/startupz", "/metrics"}  # /metrics: only with --metrics-public
