@@ -65,16 +65,16 @@ def source_digest(source: Path) -> tuple[str, dict[str, str]]:
     return combined.hexdigest(), files
 
 
-def read_source(source: Path, file_hashes: dict[str, str], progress: Progress = Progress()) -> SourceModel:
+def read_source(source: Path, progress: Progress = Progress()) -> SourceModel:
     if not source.exists():
         raise ConversionError(f"{source} does not exist")
     if source.is_dir():
-        return read_huggingface(source, file_hashes, progress)
+        return read_huggingface(source, progress)
     with source.open("rb") as handle:
         magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise ConversionError(f"{source} is neither a GGUF file (wrong magic bytes) nor a checkpoint folder")
-    return read_gguf(source, file_hashes[source.name], progress)
+    return read_gguf(source, progress)
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def convert(
         source_format = "huggingface"
     else:
         progress.stage("reading weights")
-        model = read_source(source, file_hashes, progress)
+        model = read_source(source, progress)
         built = _build_native(model, options, progress)
         texts = model
         name = model.name

@@ -140,7 +140,7 @@ def _generation(fields: dict) -> GenerationSettings:
     )
 
 
-def read_gguf(path: Path, sha256: str, progress: Progress = Progress()) -> SourceModel:
+def read_gguf(path: Path, progress: Progress = Progress()) -> SourceModel:
     reader = _open(path)
     fields = read_fields(reader)
     architecture = fields.get("general.architecture")
@@ -181,5 +181,4 @@ def read_gguf(path: Path, sha256: str, progress: Progress = Progress()) -> Sourc
         tokenizer_json=tokenizer_json_from_gguf(fields),
         chat_template=fields.get("tokenizer.chat_template"),
         generation=_generation(fields),
-        source_files={path.name: sha256},
     )

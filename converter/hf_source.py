@@ -181,7 +181,7 @@ def read_checkpoint_texts(folder: Path) -> CheckpointTexts:
     )
 
 
-def read_huggingface(folder: Path, file_hashes: dict[str, str], progress: Progress = Progress()) -> SourceModel:
+def read_huggingface(folder: Path, progress: Progress = Progress()) -> SourceModel:
     texts = read_checkpoint_texts(folder)
     config = _config(texts.config)
     tensors = _tensors(folder)
@@ -216,5 +216,4 @@ def read_huggingface(folder: Path, file_hashes: dict[str, str], progress: Progre
         tokenizer_json=texts.tokenizer_json,
         chat_template=texts.chat_template,
         generation=texts.generation,
-        source_files=file_hashes,
     )

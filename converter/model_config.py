@@ -149,4 +149,3 @@ class SourceModel:
     tokenizer_json: str
     chat_template: str | None
     generation: GenerationSettings
-    source_files: dict[str, str]  # file name -> sha256
