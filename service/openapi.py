@@ -239,6 +239,9 @@ def openapi_document(operations: list[Operation] = OPERATIONS) -> dict:
             if (operation.method, operation.path) in _ADMIN_OPERATIONS:
                 forbidden = f"not an admin key (code insufficient_scope), or {forbidden}"
             entry["responses"]["403"] = {"description": forbidden, "content": _ERROR_CONTENT}
+            entry["responses"].setdefault("429", {"description": "a per-key limit (requests_per_minute, ...); Retry-After says when", "content": _ERROR_CONTENT})
+        if operation.request is not None:
+            entry["responses"]["413"] = {"description": "a body over max_body_bytes (request_too_large)", "content": _ERROR_CONTENT}
         if operation.method == "POST":
             entry["responses"]["408"] = {"description": "the body did not arrive in time (request_timeout)", "content": _ERROR_CONTENT}
             entry["responses"]["415"] = {
