@@ -139,6 +139,8 @@ class Engine:
             self.runner = BatchRunner(session, shape, capacity, limits.slots, placement.device)
         self._slots = [_Slot([]) for _ in range(self.runner.slots)]
         self._rows_alone = not self._rows_are_independent()
+        if self._rows_alone:
+            log.info("%s: a decode row's logits depend on the other rows here, so rows run one at a time", folder.model_id)
         self._waiting: deque[Sequence] = deque()
         self._condition = threading.Condition()
         self._closing = False
