@@ -172,6 +172,9 @@ def engine_speed(target: ModelFolder, device: str, capacity: int) -> dict:
             rates.append((len(tokens) - 1) / (total - first))
         result["decode_tok_s_1_stream"] = round(max(rates), 1)
         result["cuda_graphs"] = getattr(engine.runner, "cuda_graphs", False)
+        # 1: rows batch freely; 2: steps run at least two rows (a lone row is computed apart);
+        # None: rows one at a time, which loses batching (see Engine._fewest_independent_rows).
+        result["fewest_decode_rows"] = engine._fewest_rows
         return result
     finally:
         engine.close()

@@ -138,9 +138,14 @@ class Engine:
             shape = ModelShape.from_config(folder.config)
             self.runner = BatchRunner(session, shape, capacity, limits.slots, placement.device)
         self._slots = [_Slot([]) for _ in range(self.runner.slots)]
-        self._rows_alone = not self._rows_are_independent()
+        # The fewest rows a decode step runs, so that no row's bits depend on the others; None: one
+        # row at a time (see _fewest_independent_rows).
+        self._fewest_rows = self._fewest_independent_rows()
+        self._rows_alone = self._fewest_rows is None
         if self._rows_alone:
             log.info("%s: a decode row's logits depend on the other rows here, so rows run one at a time", folder.model_id)
+        elif self._fewest_rows > 1:
+            log.info("%s: a lone decode row is computed differently here, so decode steps run at least %d rows", folder.model_id, self._fewest_rows)
         self._waiting: deque[Sequence] = deque()
         self._condition = threading.Condition()
         self._closing = False
@@ -411,7 +416,7 @@ class Engine:
         if self._rows_alone and max(sequence.slot for sequence in decoding) > 0:
             self._decode_one_row_at_a_time(decoding)
             return
-        rows = self.runner.decode_rows(max(sequence.slot for sequence in decoding) + 1)
+        rows = self.runner.decode_rows(max(max(sequence.slot for sequence in decoding) + 1, self._fewest_rows or 1))
         tokens = [0] * rows
         temperatures = [0.0] * rows
         positions = []
@@ -450,16 +455,26 @@ class Engine:
             if sequence.take(logits, self.capacity):
                 self._release(self._slots[sequence.slot])
 
-    def _rows_are_independent(self) -> bool:
-        """Whether a decode row's logits have the same bits alone and beside other rows. Kernels
-        may take another path for one row than for several (ONNX Runtime's float-activation
-        MatMulNBits does on CPU), so this is measured once, on slots still empty."""
+    def _fewest_independent_rows(self) -> int | None:
+        """How many rows a decode step must run at least for a row's logits to have the same bits
+        whatever else shares the step: 1 where rows never depend on each other, 2 on a GPU where
+        only a lone row is computed differently (a second row costs next to nothing there), None
+        where rows run one at a time. Kernels may take another path for one row than for several
+        (ONNX Runtime's float-activation MatMulNBits does on CPU, where a second row would double
+        a lone stream's step), so this is measured once, on slots still empty, for every row count
+        a step may run (powers of two with CUDA graphs)."""
         if self.runner.slots < 2:
-            return True
+            return 1
 
         def first_row(rows: int) -> np.ndarray:
             row = self.runner.decode([1] + [2] * (rows - 1), [0] * rows)[0]
             return np.array(row.full_logits() if isinstance(row, CandidateRow) else row)
 
-        alone = first_row(1)
-        return all(np.array_equal(alone, first_row(rows)) for rows in sorted({2, self.runner.slots}))
+        counts = sorted({2, self.runner.slots, *(1 << power for power in range(1, self.runner.slots.bit_length()))})
+        counts = [count for count in counts if count <= self.runner.slots]
+        several = [first_row(rows) for rows in counts]
+        if not all(np.array_equal(several[0], row) for row in several[1:]):
+            return None
+        if np.array_equal(first_row(1), several[0]):
+            return 1
+        return 2 if self.placement.device == "cuda" else None

@@ -363,3 +363,21 @@ def test_device_bound_steps_compute_what_host_buffers_do(tiny_checkpoint, tmp_pa
     for (host_ids, host_logits, host_normalizer, host_full), (ids, logits, normalizer, full) in zip(results[True], results[False], strict=True):
         assert np.array_equal(ids, host_ids) and np.array_equal(logits, host_logits)
         assert normalizer == host_normalizer and np.array_equal(full, host_full)
+
+
+@cuda
+@pytest.mark.slow
+def test_gpu_decode_steps_batch_rows_and_keep_seeded_answers(smollm2_cuda_folder):
+    folder = smollm2_cuda_folder
+    prompts = [folder.encode(text) for text in ("Once upon a time", "The capital of France is", "def add(a, b):", "Water boils at")]
+    seeded = GenerationRequest(prompts[0], 24, SamplingParams(temperature=0.9, seed=11), ignore_eos=True)
+    others = [GenerationRequest(prompt, 24, SamplingParams(temperature=0.9, seed=index), ignore_eos=True) for index, prompt in enumerate(prompts[1:])]
+    engine = Engine(folder, choose_placement("cuda"), 256, limits=EngineLimits(slots=8))
+    try:
+        alone = asyncio.run(_answer(engine, seeded))
+        beside = asyncio.run(_answers(engine, [seeded, *others]))[0]
+    finally:
+        engine.close()
+
+    assert engine._fewest_rows is not None, "rows run one at a time: batching is lost on the GPU"
+    assert beside == alone
