@@ -155,6 +155,7 @@ class Engine:
         self.prefix_hit_tokens = 0
         self.batch_sizes: Counter[int] = Counter()  # decode steps by sequences decoded, for /metrics
         self.idle_rows = 0  # rows decode steps ran for slots with nothing to decode, for /metrics
+        self.rows_decoded_alone = 0  # tokens of seeded requests decoded one row at a time (see _decode)
         self._cache_moves: list[tuple[Callable, tuple]] = []  # see _run_cache_moves
         self._courier = EventCourier(f"events:{folder.model_id}")
         self._worker = threading.Thread(target=self._work, name=f"engine:{folder.model_id}", daemon=True)
@@ -413,9 +414,24 @@ class Engine:
             sequence.state = DECODING
 
     def _decode(self, decoding: list[Sequence]) -> None:
-        if self._rows_alone and max(sequence.slot for sequence in decoding) > 0:
-            self._decode_one_row_at_a_time(decoding)
+        """One token for each decoding sequence. Where rows depend on each other, only requests
+        with a seed are promised the same tokens whatever shares their step, so those run one row
+        at a time and the others still share one batched step (a server's throughput is not
+        given up for requests that asked for no reproducibility)."""
+        if not self._rows_alone:
+            self._decode_rows(decoding)
             return
+        seeded = [sequence for sequence in decoding if sequence.request.sampling.seed is not None]
+        batched = [sequence for sequence in decoding if sequence.request.sampling.seed is None]
+        if seeded == decoding and max(sequence.slot for sequence in seeded) == 0:
+            batched, seeded = seeded, []  # a lone row in the first slot is a row of one either way
+        if seeded:
+            self._decode_one_row_at_a_time(seeded)
+        if batched:
+            self._decode_rows(batched)
+
+    def _decode_rows(self, decoding: list[Sequence]) -> None:
+        """One batched step over the first slots; rows of sequences not in `decoding` are idle."""
         rows = self.runner.decode_rows(max(max(sequence.slot for sequence in decoding) + 1, self._fewest_rows or 1))
         tokens = [0] * rows
         temperatures = [0.0] * rows
@@ -423,7 +439,7 @@ class Engine:
         for index in range(rows):
             slot = self._slots[index]
             sequence = slot.sequence
-            if sequence is not None and sequence.state == DECODING:
+            if sequence is not None and sequence in decoding:
                 tokens[index] = sequence.pending
                 temperatures[index] = sequence.request.sampling.temperature
                 positions.append(sequence.cached)
@@ -447,6 +463,7 @@ class Engine:
         """A decode step for a graph whose rows depend on each other: each sequence's token runs
         alone (a one-token prefill is a decode row of one)."""
         self.batch_sizes[len(decoding)] += 1
+        self.rows_decoded_alone += len(decoding)
         for sequence in decoding:
             logits = self.runner.prefill(
                 sequence.slot, [sequence.pending], sequence.cached, temperature=sequence.request.sampling.temperature

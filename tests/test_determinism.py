@@ -205,3 +205,27 @@ def test_a_seeded_socket_request_gives_the_same_tokens_alone_and_beside_other_st
         stop_streams(socket, others)
 
     assert beside == alone
+
+
+def test_requests_without_a_seed_still_share_decode_steps(folder):
+    prompt = folder.encode("The history of the city goes back many centuries, and its streets remember every one of them. " * 8)[:129]
+    request = GenerationRequest(prompt, 24, SEEDED)
+    greedy = SamplingParams(temperature=0)  # no seed: reproducibility across batches is not asked for
+    others = [GenerationRequest(chat_prompt(folder, question), 64, greedy, ignore_eos=True) for question in ("Name three colours.", "What is 12 times 12?", "Write a haiku.")]
+    engine = make_engine(folder)
+
+    async def beside_others():
+        tickets = [engine.submit(other) for other in others]
+        for ticket in tickets:
+            while not isinstance(await ticket.next_event(), TextDelta):
+                pass
+        return (await answer(engine, request))[1]
+
+    try:
+        beside = asyncio.run(beside_others())
+    finally:
+        engine.close()
+
+    assert beside == fresh_answer(folder, request)
+    # Only the seeded request's rows ran alone, and only where rows depend on each other.
+    assert engine.rows_decoded_alone == (0 if engine._fewest_rows else len(beside))
