@@ -65,7 +65,7 @@ def measure_quietly(run: Callable[[], Result], threads: int, attempts: int = 4, 
     measured work itself may use, for the message."""
     deadline = time.monotonic() + wait_seconds
     result = None
-    for _ in range(attempts):
+    for _ in range(attempts if wait_seconds > 0 else 1):
         while time.monotonic() < deadline and os.getloadavg()[0] > threads + 0.5:
             time.sleep(5)
         busy, own, started = machine_busy_seconds(), own_seconds(), time.monotonic()

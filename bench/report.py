@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 OURS = "this engine (service default)"
-OURS_EXACT = "this engine, --activations fp32 (exact)"
 LLAMA_CPP = "llama.cpp"
 GENAI = "onnxruntime-genai"
 OUR_SERVICE = "this service"
@@ -218,7 +217,8 @@ def render(results: dict) -> str:
         "(this converter's exact conversion, equal to transformers' logits within 1e-4) over the ~250-token parity "
         "text of the tests, by teacher forcing; llama.cpp's from `logits_all`, onnxruntime-genai's from its prompt pass.",
         f"- This engine: `bench/peer_engine.py` on the folder the service converts by default (activations "
-        f"`{defaults['activations']}`), and on the `--activations fp32` folder.",
+        f"`{defaults['activations']}`; the targets use this row and this service), and on the folder with the other "
+        "activation precision. The reference for top-1 agreement is the fp32 folder.",
         "- llama.cpp: llama-cpp-python built from its sdist with `-DGGML_NATIVE=ON`, flash attention on (what "
         "llama-server's default `auto` picks on CPU), n_ctx 2048, n_batch 1024. onnxruntime-genai: its model "
         "builder's int4 RTN CPU model made from the dequantized GGUF, in `.cache/bench/genai-venv`.",

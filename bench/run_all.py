@@ -34,7 +34,7 @@ from bench import peers
 from bench.engine_speed import FILLER
 from bench.http_load import run_levels
 from bench.machine_load import QUIET_FOREIGN_CORES, measure_quietly
-from bench.report import GENAI, LLAMA_CPP, LLAMA_SERVER, OUR_SERVICE, OURS, OURS_EXACT, render
+from bench.report import GENAI, LLAMA_CPP, LLAMA_SERVER, OUR_SERVICE, OURS, render
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
 from service.generator import Generator, ModelShape
@@ -132,7 +132,7 @@ def measure_single(gguf: Path, folders: dict[str, Path], task: Path, arguments: 
         for name, run in engines.items():
             if name in errors:
                 continue
-            measured = measure_quietly(run, peers.THREADS)
+            measured = measure_quietly(run, peers.THREADS, wait_seconds=arguments.quiet_wait)
             measurement = measured.value
             print(f"{name}: {measurement.error or json.dumps(measurement.values)[:300]}", flush=True)
             if measurement.error:
@@ -151,6 +151,7 @@ def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], argument
                 measured = measure_quietly(
                     lambda: asyncio.run(run_levels(server.base_url, (streams,), "chat", arguments.new_tokens, 300, arguments.attempts))[0],
                     peers.THREADS,
+                    wait_seconds=arguments.quiet_wait,
                 )
                 result = {**asdict(measured.value), "foreign_cores": measured.foreign_cores}
                 print(f"{server.name}: {json.dumps(result)[:300]}", flush=True)
@@ -163,8 +164,11 @@ def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], argument
 
 def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Namespace) -> dict:
     gguf = model_source(name)
-    # Converted before anything is measured, so no measured process pays for a conversion.
+    # Converted before anything is measured, so no measured process pays for a conversion. Beside
+    # the service's default, the other activation precision, for the trade-off it makes.
     default = cached_conversion(gguf, REPO / "models", ConversionOptions(activations=DEFAULTS["activations"]))
+    other = "int8" if DEFAULTS["activations"] == "fp32" else "fp32"
+    alternative = cached_conversion(gguf, REPO / "models", ConversionOptions(activations=other))
     exact = cached_conversion(gguf, REPO / "models", ConversionOptions(activations="fp32"))
     task = agreement_task(exact)
     slots, context = DEFAULTS["max_batch"], DEFAULTS["max_context"]
@@ -173,7 +177,7 @@ def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Name
         "gguf": gguf.name,
         "size_mib": gguf.stat().st_size / 2**20,
         "folder": default.name,
-        "single": measure_single(gguf, {OURS: default, OURS_EXACT: exact}, task, arguments),
+        "single": measure_single(gguf, {OURS: default, f"this engine, --activations {other}": alternative}, task, arguments),
         "slots": slots,
         "context": context,
     }
@@ -208,6 +212,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per prompt length inside each measuring process")
     parser.add_argument("--rounds", type=int, default=3, help="measuring processes per engine, taken in turn")
     parser.add_argument("--attempts", type=int, default=3, help="runs per HTTP level (the median is reported)")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=600,
+        help="seconds to wait for a quiet machine per figure before it is reported as measured under load",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     arguments = parser.parse_args()
     levels = tuple(int(level) for level in arguments.levels.split(","))
