@@ -25,9 +25,9 @@ import torch
 
 from converter import CONVERTER_VERSION
 from converter.convert import ConversionOptions, convert
-from service.engine import decode_loop_for
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
+from service.engine.decode_loop import decode_loop_for
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
 from service.settings import Settings, embedded_default_model
 from tests.real_models import gemma3_gguf
 from tests.scoring import PARITY_TEXT, perplexity

@@ -36,11 +36,11 @@ from bench.engine_speed import prompt_of
 from bench.http_load import run_level
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.engine import Engine, EngineLimits, GenerationRequest, TextDelta
-from service.generator import Generator, ModelShape
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session, node_placements
-from service.sampler import Sampler, SamplingParams
+from service.engine.engine import Engine, EngineLimits, GenerationRequest, TextDelta
+from service.engine.decode_loop import Generator, ModelShape
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session, node_placements
+from service.engine.sampler import Sampler, SamplingParams
 from service.settings import embedded_default_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ async def _answer(engine: Engine, request: GenerationRequest) -> tuple[list[int]
     """Token ids, seconds to the first one, seconds in all."""
     started = time.perf_counter()
     tokens, first = [], None
-    async for event in engine.stream(request):
+    async for event in engine.submit(request).events():
         if isinstance(event, TextDelta):
             first = first or time.perf_counter() - started
             tokens.append(event.token.token_id)

@@ -19,10 +19,10 @@ import onnxruntime as ort
 from bench.peer_report import peak_rss_mib
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.generator import Generator, ModelShape
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
-from service.sampler import Sampler, SamplingParams
+from service.engine.decode_loop import Generator, ModelShape
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
+from service.engine.sampler import Sampler, SamplingParams
 from service.settings import embedded_default_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -37,9 +37,9 @@ from bench.machine_load import QUIET_FOREIGN_CORES, measure_quietly
 from bench.report import GENAI, LLAMA_CPP, LLAMA_SERVER, OUR_SERVICE, OURS, render
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.generator import Generator, ModelShape
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
+from service.engine.decode_loop import Generator, ModelShape
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
 from service.settings import Settings, embedded_default_model
 
 REPO = peers.REPO

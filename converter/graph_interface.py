@@ -31,10 +31,18 @@ LOG_NORMALIZER = "log_normalizer"
 LAST_HIDDEN_STATE = "last_hidden_state"
 
 
+# Graphs exported by optimum (`--backend optimum`) share these names (input_ids, logits and the
+# past/present prefixes) and add their own attention_mask and position_ids.
+PAST_PREFIX = "past_key_values."
+PRESENT_PREFIX = "present."
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+
+
 def past_name(layer: int, kind: str) -> str:
     """kind: "key" or "value"."""
-    return f"past_key_values.{layer}.{kind}"
+    return f"{PAST_PREFIX}{layer}.{kind}"
 
 
 def present_name(layer: int, kind: str) -> str:
-    return f"present.{layer}.{kind}"
+    return f"{PRESENT_PREFIX}{layer}.{kind}"

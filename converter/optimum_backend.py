@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from converter import graph_interface as names
 from converter.errors import ConversionError
 from converter.onnx_quantization import quantize_matmuls
 from converter.progress import Progress
@@ -48,7 +49,7 @@ def export(source: Path, progress: Progress = Progress()) -> onnx.ModelProto:
 def head_node(model: onnx.ModelProto) -> str | None:
     """The MatMul that produces the logits: it gets 8-bit weights when the rest gets 4."""
     producers = {output: node for node in model.graph.node for output in node.output}
-    pending = ["logits"]
+    pending = [names.LOGITS]
     while pending:
         node = producers.get(pending.pop())
         if node is None:

@@ -10,7 +10,7 @@ import pytest
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions, convert
 from e2e.chat_page import SMOL, TINY
-from service.auth import KeyFile
+from service.operations.auth import KeyFile
 from service.settings import embedded_default_model
 from tests.support import REPO, ServiceProcess, StaticServer
 from tests.tiny_models import write_tiny_checkpoint

@@ -15,12 +15,14 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
 
-from service import SERVICE_VERSION, websocket_frames
+from service import SERVICE_VERSION
+
+from service.routes import websocket_frames
 from service.app import create_app
-from service.auth import KeyFile, KeyRing
-from service.logs import configure_logging
+from service.operations.auth import KeyFile, KeyRing
+from service.operations.logs import configure_logging
 from service.routes.health import drain
-from service.configuration import (
+from service.options import (
     API_KEYS_VARIABLE,
     CONFIG_VARIABLE,
     ConfigError,
@@ -30,7 +32,7 @@ from service.configuration import (
     settings_from_values,
 )
 from service.settings import Settings, embedded_default_model
-from service.storage import StorageConfigurationError, check_database_url
+from service.storage.backend import StorageConfigurationError, check_database_url
 
 log = logging.getLogger("service")
 

@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.routing import Match
 from starlette.responses import Response
 
+from service.serving.response_bodies import ErrorBody, ErrorDetail
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -45,13 +47,13 @@ class APIError(Exception):
         self.code = code
         self.error_type = error_type or _TYPES.get(status, "server_error")
 
-
-def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    def detail(self) -> ErrorDetail:
+        """What the envelope's `error` holds."""
+        return ErrorDetail(self.message, self.error_type, self.param, self.code)
 
 
 def error_response(error: APIError) -> Response:
-    body = msgspec.json.encode(error_body(error.message, error.error_type, error.param, error.code))
+    body = msgspec.json.encode(ErrorBody(error.detail()))
     return Response(body, status_code=error.status, media_type="application/json", headers=error.headers)
 
 

@@ -12,21 +12,21 @@ from dataclasses import dataclass
 import msgspec
 
 from service import SERVICE_VERSION
-from service.routes.models import RegisterModelRequest
 from service.routes.sessions import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from service.schemas import (
+from service.serving.request_bodies import (
     AppendTurnRequest,
     ChatCompletionRequest,
     CompletionRequest,
     CreateSessionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    RegisterModelRequest,
     ResponseRequest,
     TokenizeRequest,
     UpdateSessionRequest,
 )
 from service.serving import response_bodies as bodies
-from service.session_store import MAX_QUERY_CHARACTERS
+from service.storage.session_store import MAX_QUERY_CHARACTERS
 
 
 @dataclass(frozen=True)

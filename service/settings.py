@@ -66,9 +66,9 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     cors_origin_regex: str | None = r"https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?"
     # Host names the service answers to besides loopback ones and its own address, checked while
-    # no API key is configured (service/cross_site.py): a foreign name is DNS rebinding.
+    # no API key is configured (service/operations/cross_site.py): a foreign name is DNS rebinding.
     allowed_hosts: tuple[str, ...] = ()
-    # Where state that outlives the process lives: the sessions database (sessions.sqlite3).
+    # Where state that outlives the process lives: sessions, API keys and registered models.
     data_dir: Path = Path("data")
     # PostgreSQL URL (postgresql://user:password@host:5432/db) for sessions and the model registry,
     # so several replicas share them; None: SQLite files in data_dir.
@@ -77,7 +77,7 @@ class Settings:
     otlp_endpoint: str | None = None
     # Seconds SIGTERM waits for accepted generation requests to finish before shutting down.
     drain_seconds: float = 30.0
-    # API keys (service/auth.py): the keys file (default DATA_DIR/keys.json) and keys given on the
+    # API keys (service/operations/auth.py): the keys file (default DATA_DIR/keys.json) and keys given on the
     # command line or in LLM_API_KEYS. With none, every request is anonymous, so the service only
     # binds beyond loopback with allow_unauthenticated. /metrics is open without a key if public.
     keys_file: Path | None = None
@@ -85,7 +85,7 @@ class Settings:
     admin_keys: tuple[str, ...] = ()
     allow_unauthenticated: bool = False
     metrics_public: bool = False
-    # Request guards (service/limits.py); 0: no limit.
+    # Request guards (service/operations/limits.py); 0: no limit.
     max_body_bytes: int = 1024 * 1024
     max_prompt_tokens: int = 0
     max_completion_tokens: int = 0

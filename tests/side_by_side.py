@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from service.engine import decode_loop_for
-from service.generator import DecodeLoop
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
+from service.engine.decode_loop import decode_loop_for
+from service.engine.decode_loop import DecodeLoop
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
 
 STEPS = 32
 PROMPT = "The quick brown fox jumps over the lazy dog. Hello world!"

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from service.model_folder import ModelFolder
+from service.engine.model_folder import ModelFolder
 from tests.support import ServiceProcess
 
 SMOL = "SmolLM2-135M-Instruct"

@@ -15,7 +15,7 @@ from converter.__main__ import build_parser as converter_parser
 from service.__main__ import build_parser as service_parser
 from service.__main__ import keys_parser, parse_arguments, settings_from
 from service.chat_client import build_parser as chat_parser
-from service.configuration import (
+from service.options import (
     EXAMPLE_PATH,
     OPTIONS,
     REFERENCE_PATH,
@@ -43,11 +43,11 @@ def settings_for(argv: list[str], environment: dict[str, str] | None = None):
 
 
 def test_the_example_is_generated_from_the_option_table():
-    assert EXAMPLE_PATH.read_text(encoding="utf-8") == example_toml(), "run `python -m service.configuration`"
+    assert EXAMPLE_PATH.read_text(encoding="utf-8") == example_toml(), "run `python -m service.options`"
 
 
 def test_the_configuration_reference_is_current():
-    assert reference_in(REFERENCE_PATH.read_text(encoding="utf-8")) == reference_markdown(), "run `python -m service.configuration`"
+    assert reference_in(REFERENCE_PATH.read_text(encoding="utf-8")) == reference_markdown(), "run `python -m service.options`"
 
 
 def test_the_example_sets_every_key_to_its_default():

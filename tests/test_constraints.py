@@ -9,11 +9,11 @@ import re
 import jsonschema
 import pytest
 
-from service.constraints import Grammar, GrammarError, compile_grammar
-from service.engine import Engine, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement
-from service.sampler import SamplingParams
+from service.engine.constraints import Grammar, GrammarError, compile_grammar
+from service.engine.engine import Engine, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement
+from service.engine.sampler import SamplingParams
 
 PERSON = {
     "type": "object",
@@ -51,7 +51,7 @@ def _compiled(folder: ModelFolder, grammar: Grammar):
 
 async def _run(engine: Engine, request: GenerationRequest) -> tuple[str, Finished | Failed]:
     text = []
-    async for event in engine.stream(request):
+    async for event in engine.submit(request).events():
         if isinstance(event, TextDelta):
             text.append(event.text)
         elif isinstance(event, (Finished, Failed)):

@@ -13,13 +13,13 @@ from gguf import GGMLQuantizationType
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions, convert
 from converter.weights import BlockQuantizedWeight, gather_layout_for_cuda
-from service.batch_runner import BatchRunner, ModelShape
-from service.candidates import CandidateRow
-from service.engine import Engine, EngineLimits, GenerationRequest, TextDelta
-from service.generator import Generator
-from service.model_folder import ModelFolder
-from service.runtime import CPU, CUDA, choose_placement, create_session, cuda_device_count, node_placements, parse_node_placements
-from service.sampler import Sampler, SamplingParams
+from service.engine.batch_runner import BatchRunner, ModelShape
+from service.engine.candidates import CandidateRow
+from service.engine.engine import Engine, EngineLimits, GenerationRequest, TextDelta
+from service.engine.decode_loop import Generator
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import CPU, CUDA, choose_placement, create_session, cuda_device_count, node_placements, parse_node_placements
+from service.engine.sampler import Sampler, SamplingParams
 from tests.scoring import PARITY_TEXT, perplexity
 from tests.side_by_side import PROMPT, greedy_side_by_side, load_reference, onnx_generator
 from tests.support import REPO
@@ -234,7 +234,7 @@ def smollm2_cuda_folder(smollm2_gguf) -> ModelFolder:
 
 
 async def _answer(engine: Engine, request: GenerationRequest) -> list[int]:
-    return [event.token.token_id async for event in engine.stream(request) if isinstance(event, TextDelta)]
+    return [event.token.token_id async for event in engine.submit(request).events() if isinstance(event, TextDelta)]
 
 
 async def _answers(engine: Engine, requests: list[GenerationRequest]) -> list[list[int]]:
@@ -323,7 +323,7 @@ def test_cuda_answers_equal_the_cpu_providers_on_the_same_folder(smollm2_cuda_fo
 
 @cuda
 def test_slot_moves_on_the_gpu_equal_numpy_moves():
-    from service.kv_cache import SlotCache
+    from service.engine.kv_cache import SlotCache
 
     device, host = SlotCache(2, 3, 8, 16, slots=3, device="cuda", dtype=np.float16), {}
     random = np.random.default_rng(0)

@@ -9,10 +9,10 @@ import pytest
 
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.engine import Engine, EngineLimits, GenerationRequest, TextDelta
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement
-from service.sampler import SamplingParams
+from service.engine.engine import Engine, EngineLimits, GenerationRequest, TextDelta
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement
+from service.engine.sampler import SamplingParams
 from service.settings import Settings
 from tests.support import REPO
 
@@ -50,7 +50,7 @@ def greedy_answers(folder: ModelFolder, prompts: list[str]) -> list[list[int]]:
     async def answer(prompt: str) -> list[int]:
         ids = folder.encode(folder.chat_template.render([{"role": "user", "content": prompt}]))
         request = GenerationRequest(ids, 24, SamplingParams(temperature=0, seed=0))
-        return [event.token.token_id async for event in engine.stream(request) if isinstance(event, TextDelta)]
+        return [event.token.token_id async for event in engine.submit(request).events() if isinstance(event, TextDelta)]
 
     async def all_prompts():
         return await asyncio.gather(*(answer(prompt) for prompt in prompts))

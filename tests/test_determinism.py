@@ -13,10 +13,10 @@ import pytest
 
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.engine import Admitted, Engine, EngineLimits, GenerationRequest, TextDelta
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement
-from service.sampler import SamplingParams
+from service.engine.engine import Admitted, Engine, EngineLimits, GenerationRequest, TextDelta
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement
+from service.engine.sampler import SamplingParams
 from tests.support import REPO
 from tests.test_websocket import ENDINGS, LONG, open_socket, receive, send, wait_until_streaming
 
@@ -42,7 +42,7 @@ def make_engine(folder: ModelFolder) -> Engine:
 async def answer(engine: Engine, request: GenerationRequest) -> tuple[int, list[tuple[int, float]]]:
     """(prompt tokens reused from the cache, each generated token with its log-probability)."""
     reused, tokens = -1, []
-    async for event in engine.stream(request):
+    async for event in engine.submit(request).events():
         if isinstance(event, Admitted):
             reused = event.reused_tokens
         elif isinstance(event, TextDelta):

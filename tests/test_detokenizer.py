@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from converter.cache import cached_conversion
-from service.detokenizer import Detokenizer
-from service.model_folder import ModelFolder
+from service.engine.detokenizer import Detokenizer
+from service.engine.model_folder import ModelFolder
 from tests.support import REPO
 
 TEXTS = {

@@ -32,7 +32,7 @@ def test_the_api_reference_explains_every_error_code(code):
 
 def test_the_architecture_names_every_module():
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
-    modules = [path for package in ("service", "converter") for path in (REPO / package).glob("*.py")]
+    modules = [path for package in ("service", "converter") for path in (REPO / package).rglob("*.py")]
     unmentioned = [f"{path.parent.name}/{path.name}" for path in modules if path.name not in ("__init__.py", "__main__.py") and path.stem not in text]
     assert unmentioned == []
 

@@ -8,12 +8,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.engine import Admitted, Engine, EngineBusy, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
-from service.generator import Generator, ModelShape
-from service.kv_cache import SlotCache
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
-from service.sampler import Sampler, SamplingParams
+from service.engine.engine import Admitted, Engine, EngineBusy, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
+from service.engine.decode_loop import Generator, ModelShape
+from service.engine.kv_cache import SlotCache
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
+from service.engine.sampler import Sampler, SamplingParams
 
 GREEDY = SamplingParams(temperature=0)
 QUESTIONS = [
@@ -44,7 +44,7 @@ def make_engine(folder: ModelFolder, **limits) -> Engine:
 async def run(engine: Engine, request: GenerationRequest) -> tuple[list[int], list]:
     """The generated token ids and every event of one request."""
     tokens, events = [], []
-    async for event in engine.stream(request):
+    async for event in engine.submit(request).events():
         events.append(event)
         if isinstance(event, TextDelta):
             tokens.append(event.token.token_id)
@@ -97,13 +97,13 @@ def test_a_long_prompt_is_prefilled_between_the_steps_of_a_running_stream(folder
 
     async def scenario():
         async def first():
-            async for event in engine.stream(running):
+            async for event in engine.submit(running).events():
                 if isinstance(event, TextDelta):
                     timeline.append("running token")
 
         async def second():
             await asyncio.sleep(0.3)
-            async for event in engine.stream(GenerationRequest(long_prompt, 2, GREEDY)):
+            async for event in engine.submit(GenerationRequest(long_prompt, 2, GREEDY)).events():
                 if isinstance(event, Admitted):
                     timeline.append("long admitted")
                 elif isinstance(event, TextDelta):

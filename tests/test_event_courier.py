@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from service.event_courier import EventCourier
+from service.engine.event_courier import EventCourier
 
 
 def run_loop_in_thread() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:

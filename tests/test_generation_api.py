@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service.generator import Generator, ModelShape
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
-from service.sequence import log_softmax
+from service.engine.decode_loop import Generator, ModelShape
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
+from service.engine.sequence import log_softmax
 from tests.support import ServiceProcess
 from tests.test_api import QUESTION, SMOL, assert_error, chat, sse_payloads
 

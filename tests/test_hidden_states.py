@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from converter.convert import ConversionOptions, convert
-from service.batch_runner import ModelShape
-from service.embedder import Embedder
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
+from service.engine.batch_runner import ModelShape
+from service.engine.embedder import Embedder
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
 from tests.side_by_side import PROMPT, load_reference
 from tests.tiny_models import ARCHITECTURES, write_tiny_checkpoint
 
@@ -22,7 +22,7 @@ def test_final_hidden_states_match_transformers(architecture, tmp_path, monkeypa
     folder = ModelFolder.load(convert(checkpoint, tmp_path / "converted", ConversionOptions(quant="fp32")))
     session = create_session(folder.path / "model.onnx", choose_placement("cpu"), threads=2)
     ids = folder.encode(PROMPT * 3)
-    monkeypatch.setattr("service.embedder.PREFILL_CHUNK", len(ids) // 3 + 1)  # three chunks, each past the last
+    monkeypatch.setattr("service.engine.embedder.PREFILL_CHUNK", len(ids) // 3 + 1)  # three chunks, each past the last
     with torch.no_grad():
         reference = load_reference(checkpoint)(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0].numpy()
 

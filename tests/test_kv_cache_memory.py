@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.kv_cache import SlotCache
+from service.engine.kv_cache import SlotCache
 
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 

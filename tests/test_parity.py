@@ -6,7 +6,7 @@ import pytest
 from gguf import GGMLQuantizationType
 
 from converter.convert import ConversionOptions, convert
-from service.model_folder import ModelFolder
+from service.engine.model_folder import ModelFolder
 from tests.side_by_side import PROMPT, greedy_side_by_side, load_reference, onnx_generator
 from tests.tiny_models import ARCHITECTURES, write_gguf_from_checkpoint, write_tiny_checkpoint
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from converter.convert import ConversionOptions, convert
-from service.generator import Generator, ModelShape
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
+from service.engine.decode_loop import Generator, ModelShape
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
 from tests.scoring import PARITY_TEXT, perplexity
 
 

@@ -13,9 +13,9 @@ import torch
 
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.generator import Generator, ModelShape
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement, create_session
+from service.engine.decode_loop import Generator, ModelShape
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement, create_session
 from service.settings import Settings
 from tests.scoring import PARITY_TEXT, perplexity
 from tests.support import REPO

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.sampler import Sampler, SamplingParams
+from service.engine.sampler import Sampler, SamplingParams
 
 DRAWS = 20000
 

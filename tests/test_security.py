@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from service.model_folder import ModelFolder
+from service.engine.model_folder import ModelFolder
 from service.openapi import OPERATIONS
 from tests.support import REPO, ServiceProcess
 

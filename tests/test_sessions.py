@@ -14,12 +14,12 @@ import httpx
 import psycopg
 import pytest
 
-from service.model_folder import ModelFolder
-from service.session_store import NewMessage, SessionNotFound
+from service.engine.model_folder import ModelFolder
+from service.storage.session_store import NewMessage, SessionNotFound
 from service.settings import Settings
-from service.sqlite_session_store import DATABASE_FILE
-from service.storage import open_storage
-from service.storage_errors import StorageError
+from service.storage.sqlite_session_store import DATABASE_FILE
+from service.storage.backend import open_storage
+from service.storage.errors import StorageError
 from tests.support import ServiceProcess
 from tests.test_api import SMOL, assert_error, chat, sse_payloads
 

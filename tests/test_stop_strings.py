@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.stop_strings import StopMatcher
+from service.engine.stop_strings import StopMatcher
 
 
 def feed_all(matcher: StopMatcher, pieces: list[str]) -> list[tuple[str, bool]]:

@@ -8,12 +8,12 @@ import json
 import jsonschema
 import pytest
 
-from service.constraints import compile_grammar
-from service.engine import Engine, EngineLimits, Finished, GenerationRequest, TextDelta
-from service.model_folder import ModelFolder
-from service.runtime import choose_placement
-from service.sampler import SamplingParams
-from service.tool_calls import CallStream, Tool, call_grammar, parse_calls, prompt_messages, tools_system_prompt, written_call
+from service.engine.constraints import compile_grammar
+from service.engine.engine import Engine, EngineLimits, Finished, GenerationRequest, TextDelta
+from service.engine.model_folder import ModelFolder
+from service.engine.runtime import choose_placement
+from service.engine.sampler import SamplingParams
+from service.serving.tool_calls import CallStream, Tool, call_grammar, parse_calls, prompt_messages, tools_system_prompt, written_call
 
 WEATHER = Tool(
     "get_weather",
@@ -66,7 +66,7 @@ def engine(folder):
 def _answers(engine: Engine, requests: list[GenerationRequest]) -> list[tuple[str, Finished]]:
     async def one(request):
         text = []
-        async for event in engine.stream(request):
+        async for event in engine.submit(request).events():
             if isinstance(event, TextDelta):
                 text.append(event.text)
             elif isinstance(event, Finished):
@@ -143,7 +143,7 @@ def test_a_conversation_with_calls_and_results_renders_for_a_template_without_to
 
 
 def test_a_template_that_knows_tools_gets_them_itself():
-    from service.chat_template import ChatTemplate
+    from service.engine.chat_template import ChatTemplate
 
     template = ChatTemplate("{% for tool in tools %}[{{ tool.function.name }}]{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}")
 

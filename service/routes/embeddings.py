@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.routes.framing import json_response
-from service.schemas import EmbeddingRequest, decode_body
+from service.serving.request_bodies import EmbeddingRequest, decode_body
 from service.serving.embeddings import create_embeddings
 
 

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import msgspec
 from starlette.responses import Response, StreamingResponse
 
-from service.serving.pipeline import Keepalive
+from service.serving.pipeline import Keepalive, StreamEnd, StreamError
+from service.serving.response_bodies import ErrorBody
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEPALIVE = b": keep-alive\n\n"
@@ -28,6 +29,10 @@ async def _frames(events: AsyncIterator, named: bool, done: bool) -> AsyncIterat
         if isinstance(event, Keepalive):
             yield KEEPALIVE
             continue
+        if isinstance(event, StreamEnd):  # the end is told by [DONE] (or the last typed event)
+            continue
+        if isinstance(event, StreamError):  # the request's failure, in the error envelope
+            event = ErrorBody(event.error)
         data = msgspec.json.encode(event)
         name = b"event: " + type(event).__struct_config__.tag.encode() + b"\n" if named else b""
         yield name + b"data: " + data + b"\n\n"

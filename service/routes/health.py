@@ -16,24 +16,26 @@ import asyncio
 import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import error_body
-from service.storage_errors import DatabaseUnavailable, StorageFull
+from service.errors import APIError, error_response
+from service.routes import GENERATION_PATHS
+from service.routes.framing import json_response
+from service.serving.response_bodies import Readiness, Status
+from service.storage.errors import DatabaseUnavailable, StorageFull
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 RETRY_AFTER_DRAINING = 5
 
 
-async def livez(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+async def livez(request: Request) -> Response:
+    return json_response(Status("ok"))
 
 
-async def startupz(request: Request) -> JSONResponse:
+async def startupz(request: Request) -> Response:
     if getattr(request.app.state, "started", False):
-        return JSONResponse({"status": "started"})
-    return JSONResponse({"status": "starting"}, status_code=503)
+        return json_response(Status("started"))
+    return json_response(Status("starting"), status_code=503)
 
 
 async def database_state(request: Request) -> dict:
@@ -49,15 +51,15 @@ async def database_state(request: Request) -> dict:
     return {"database": "ok"}
 
 
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> Response:
     registry = request.app.state.registry
     models = {entry.model_id: entry.status for entry in registry.entries()}
     report = {"models": models, **await database_state(request)}
     if getattr(request.app.state, "draining", False):
-        return JSONResponse({"status": "draining", **report}, status_code=503)
+        return json_response(Readiness(status="draining", **report), status_code=503)
     if registry.any_ready():
-        return JSONResponse({"status": "ready", **report})
-    return JSONResponse({"status": "loading", **report}, status_code=503)
+        return json_response(Readiness(status="ready", **report))
+    return json_response(Readiness(status="loading", **report), status_code=503)
 
 
 class DrainGate:
@@ -70,9 +72,9 @@ class DrainGate:
         application = scope.get("app")
         draining = application is not None and getattr(application.state, "draining", False)
         if draining and scope["type"] == "http" and scope["path"] in GENERATION_PATHS:
-            body = error_body("the server is shutting down; retry on another instance", "server_error", code="draining")
-            response = JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_DRAINING)})
-            await response(scope, receive, send)
+            message = "the server is shutting down; retry on another instance"
+            headers = {"Retry-After": str(RETRY_AFTER_DRAINING)}
+            await error_response(APIError(503, message, code="draining", error_type="server_error", headers=headers))(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

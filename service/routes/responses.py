@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.routes.framing import json_response, sse_response
-from service.schemas import ResponseRequest, decode_body
+from service.serving.request_bodies import ResponseRequest, decode_body
 from service.serving import responses_api
 
 

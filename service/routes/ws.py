@@ -12,23 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from contextlib import aclosing
 from typing import Annotated
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from service import limits
-from service.engine import Failed, Finished, GenerationRequest, TextDelta
-from service.cross_site import origin_allowed
-from service.errors import APIError, error_body
-from service.registry import ModelEntry
-from service.routes import chat, generation
-from service.routes.models import ready_model
-from service.routes.sessions import SessionHistory, session_history
-from service.schemas import ChatCompletionRequest, decode_body
-from service.telemetry import observe_generation
+from service.errors import APIError
+from service.operations import limits
+from service.operations.cross_site import origin_allowed
+from service.serving import chat
+from service.serving.pipeline import StreamEnd, StreamError
+from service.serving.request_bodies import ChatCompletionRequest, decode_body
+from service.serving.response_bodies import ChatCompletionChunk
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +44,7 @@ class Envelope(msgspec.Struct):
 
 
 def error_event(request_id: str | None, error: APIError) -> dict:
-    body = error_body(error.message, error.error_type, error.param, error.code)
-    return {"type": "error", "id": request_id, "status": error.status, **body}
+    return {"type": "error", "id": request_id, "status": error.status, "error": error.detail()}
 
 
 def internal_error_event(request_id: str | None) -> dict:
@@ -142,19 +137,14 @@ class ChatSocket:
             limits.charge_request(self.websocket)  # requests per minute count messages, not sockets
         self.started += 1
         body = decode_body(data, ChatCompletionRequest)
-        chat.check_guards(self.websocket, body)
-        entry = ready_model(self.websocket, body.model)
         # The socket's handshake carries the key, so it sees the sessions that key owns.
-        history = await session_history(self.websocket, body.session_id) if body.session_id is not None else None
-        prompt_ids = await generation.off_loop(self.websocket, chat.chat_prompt_ids, entry.engine, body, history)
-        requests = generation.choices_of(chat.chat_generation_request(entry.engine, body, prompt_ids), body.n)
-        limits.take_stream(self.websocket)  # the key's streams count generations, not sockets
+        plan = await chat.plan(self.websocket, body)
         try:
-            charge = limits.check_admission(self.websocket, requests, "messages")
+            limits.take_stream(self.websocket)  # the key's streams count generations, not sockets
         except BaseException:
-            limits.release_stream(self.websocket)
+            plan.charge.refund()
             raise
-        task = asyncio.create_task(self.complete(request_id, entry, body, len(prompt_ids), requests, history, started_ns, charge))
+        task = asyncio.create_task(self.complete(request_id, plan, started_ns))
         task.add_done_callback(lambda _: limits.release_stream(self.websocket))  # however it ends, even unstarted
         self.requests[request_id] = task
 
@@ -165,90 +155,40 @@ class ChatSocket:
         task.cancel()  # leaving the engine's event stream cancels the generation
         await self.send({"type": "cancelled", "id": request_id})
 
-    async def complete(
-        self,
-        request_id: str,
-        entry: ModelEntry,
-        body: ChatCompletionRequest,
-        prompt_tokens: int,
-        requests: list[GenerationRequest],
-        history: SessionHistory | None,
-        started_ns: int,
-        charge: limits.Charge,
-    ) -> None:
-        """Streams one request's chunks and ends it with `done`, or `error` when it is refused or
-        fails; a refused request's tokens go back to its key."""
-        engine = entry.engine
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+    async def complete(self, request_id: str, plan: chat.ChatPlan, started_ns: int) -> None:
+        """Frames one request's chunks and ends it with `done`, or `error` when it is refused or
+        fails. A session's turn is stored after the request has ended here (before `done`), so a
+        `cancel` arriving meanwhile is answered `request_not_found`, as when it crosses `done`,
+        and never follows a saved turn."""
+        ended = False
 
-        chunks = generation.ChatChunks(engine, completion_id, created, entry.model_id, body.logprobs)
+        async def end_before_saving() -> bool:
+            nonlocal ended
+            ended = await self.end(request_id)
+            return ended
 
-        def chunk(*arguments, **options) -> dict:
-            return {"type": "chat.completion.chunk", "id": request_id, "chunk": chunks(*arguments, **options)}
+        async def send(payload: dict, last: bool = False) -> None:
+            await (self.send(payload) if ended else self.send_for(request_id, payload, last))
 
         try:
-            try:
-                admitted = await generation.admit(engine, requests)
-            except BaseException:
-                charge.refund()
-                raise
-            tickets = observe_generation(
-                self.websocket, "chat", entry.model_id, admitted, prompt_tokens, requests[0],
-                started_ns=started_ns, log_fields={"request_id": request_id, "transport": "websocket"},
+            answer = await chat.admit(
+                self.websocket, plan, started_ns=started_ns, log_fields={"request_id": request_id, "transport": "websocket"},
                 on_done=lambda fields: log.info("websocket request", extra=fields),
             )
-            finished: dict[int, Finished] = {}
-            first_answer: list[str] = []  # choice 0, the one a session keeps
-            try:
-                for index in range(len(tickets)):
-                    await self.send_for(request_id, chunk(index, {"role": "assistant", "content": ""}))
-                async with aclosing(generation.merged(tickets)) as events:
-                    async for index, event in events:
-                        if index == 0 and isinstance(event, (TextDelta, Finished)):
-                            first_answer.append(event.text)
-                        if isinstance(event, TextDelta) and (event.text or body.logprobs):
-                            await self.send_for(request_id, chunk(index, {"content": event.text}, token=event.token))
-                        elif isinstance(event, Finished):
-                            if event.text:
-                                await self.send_for(request_id, chunk(index, {"content": event.text}))
-                            await self.send_for(request_id, chunk(index, {}, event.finish_reason))
-                            finished[index] = event
-                        elif isinstance(event, Failed):
-                            raise APIError(500, event.message, error_type="server_error", code=event.code)
-            finally:
-                for ticket in tickets:
-                    ticket.cancel()
-            reasons = [finished[index].finish_reason for index in range(len(tickets))]
-            usage = generation.usage(list(finished.values()), prompt_tokens)
-            done = {"type": "done", "id": request_id, "finish_reasons": reasons, "usage": usage}
-            if history is not None and chat.worth_remembering(list(finished.values())):
-                await self.remember(request_id, history, entry, body, "".join(first_answer), done)
-            else:
-                await self.send_for(request_id, done, last=True)
+            async with aclosing(chat.chunks(answer, before_saving=end_before_saving)) as items:
+                async for item in items:
+                    if isinstance(item, ChatCompletionChunk) and item.choices:  # usage comes with `done`
+                        await send({"type": "chat.completion.chunk", "id": request_id, "chunk": item})
+                    elif isinstance(item, StreamError):
+                        await send({"type": "error", "id": request_id, "status": item.status, "error": item.error}, last=True)
+                        return
+                    elif isinstance(item, StreamEnd):
+                        await send({"type": "done", "id": request_id, "finish_reasons": item.finish_reasons, "usage": item.usage}, last=True)
         except APIError as error:
-            await self.send_for(request_id, error_event(request_id, error), last=True)
+            await send(error_event(request_id, error), last=True)
         except Exception:
             log.exception("a WebSocket chat completion failed", extra={"request_id": request_id})
-            await self.send_for(request_id, internal_error_event(request_id), last=True)
-
-    async def remember(
-        self, request_id: str, history: SessionHistory, entry: ModelEntry, body: ChatCompletionRequest, answer: str, done: dict
-    ) -> None:
-        """Saves the turn, then sends `done`; as over SSE, a turn is saved only once answered whole.
-
-        The request ends before saving starts, so a `cancel` arriving meanwhile is answered
-        `request_not_found` (as when it crosses `done`) and never follows a saved turn."""
-        if not await self.end(request_id):
-            return
-        try:
-            await history.append_turn(entry.engine, body.messages, answer)
-        except APIError as error:  # the session was deleted while answering
-            done = error_event(request_id, error)
-        except Exception:
-            log.exception("saving a WebSocket turn failed", extra={"request_id": request_id})
-            done = internal_error_event(request_id)
-        await self.send(done)
+            await send(internal_error_event(request_id), last=True)
 
     async def end(self, request_id: str) -> bool:
         """Ends a request without sending; False if it has ended already (cancelled)."""

@@ -1,4 +1,4 @@
-"""POST /v1/embeddings: each input's embedding (service.embedder: the mean of the model's final
+"""POST /v1/embeddings: each input's embedding (service.engine.embedder: the mean of the model's final
 hidden states, at unit length) in OpenAI's shape, as floats or as base64 of float32s.
 
 Inputs are tokenized as text completion prompts are (BOS included where the model adds one);
@@ -9,37 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import weakref
 
 import numpy as np
 from starlette.requests import HTTPConnection
 
-from service import limits
-from service.batch_runner import BatchRunner, ModelShape
-from service.embedder import Embedder
-from service.engine import Engine
+from service.operations import limits
+from service.engine.engine import Engine
 from service.errors import APIError
-from service.routes.generation import off_loop
-from service.routes.models import ready_model
-from service.schemas import EmbeddingRequest
+from service.serving.generation import off_loop
+from service.serving.model_access import ready_model
+from service.serving.request_bodies import EmbeddingRequest
 from service.serving.response_bodies import Embedding, EmbeddingList, EmbeddingUsage
-
-# One embedder per loaded engine, made on first use and gone with the engine.
-_embedders: weakref.WeakKeyDictionary[Engine, Embedder] = weakref.WeakKeyDictionary()
-
-
-def embedder_of(engine: Engine, model_id: str) -> Embedder:
-    embedder = _embedders.get(engine)
-    if embedder is None:
-        runner = engine.runner
-        if not isinstance(runner, BatchRunner) or not Embedder.supports(runner.session):
-            raise APIError(
-                400, f"the model {model_id!r} gives no hidden states (converted before converter 0.7.0, or by optimum); "
-                "convert it again to embed with it", param="model", code="embeddings_unsupported",
-            )
-        embedder = _embedders[engine] = Embedder(runner.session, ModelShape.from_config(engine.folder.config), runner.device)
-    return embedder
-
 
 def input_ids(engine: Engine, body: EmbeddingRequest) -> list[list[int]]:
     try:
@@ -75,7 +55,12 @@ def encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 async def create_embeddings(connection: HTTPConnection, body: EmbeddingRequest) -> EmbeddingList:
     entry = ready_model(connection, body.model)
     engine = entry.engine
-    embedder = embedder_of(engine, entry.model_id)
+    embedder = engine.embedder
+    if embedder is None:
+        raise APIError(
+            400, f"the model {entry.model_id!r} gives no hidden states (converted before converter 0.7.0, or by optimum); "
+            "convert it again to embed with it", param="model", code="embeddings_unsupported",
+        )
     hidden_size = int(engine.folder.config["hidden_size"])
     if body.dimensions is not None and body.dimensions != hidden_size:
         raise APIError(

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from service.engine import Failed, Finished, PromptScores, TextDelta, Ticket
+from service.engine.engine import Failed, Finished, PromptScores, TextDelta, Ticket
 from service.errors import APIError
-from service.sequence import TokenLogprob
-from service.serving.response_bodies import PromptTokensDetails, Usage
+from service.engine.sequence import TokenLogprob
+from service.serving.response_bodies import ErrorDetail, PromptTokensDetails, Usage
 
 
 class Keepalive:
@@ -133,3 +133,23 @@ def usage(finished: list[Finished], prompt_tokens: int) -> Usage:
 def answered(finished: list[Finished]) -> bool:
     """Every choice ended as answers end (not cancelled): only then is a turn worth keeping."""
     return all(event.finish_reason != "cancelled" for event in finished)
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """A failure after the stream began: SSE sends it and goes on, the WebSocket ends the request."""
+
+    status: int
+    error: ErrorDetail
+
+    @classmethod
+    def of(cls, error: APIError) -> StreamError:
+        return cls(error.status, error.detail())
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Every choice finished: what the WebSocket's `done` says (SSE sends nothing for it)."""
+
+    finish_reasons: list[str]
+    usage: Usage

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection, Request
 
-from service import limits
-from service.chat_template import ChatTemplateError
-from service.engine import Engine, Failed, Finished, GenerationRequest, TextDelta, Ticket
+from service.operations import limits
+from service.engine.chat_template import ChatTemplateError
+from service.engine.engine import Engine, Failed, Finished, GenerationRequest, TextDelta, Ticket
 from service.errors import APIError
-from service.routes import generation
-from service.routes.models import ready_model
-from service.routes.sessions import content_tokens, owner_of
-from service.schemas import GenerationOptions, ResponseRequest
+from service.serving import generation
+from service.serving.model_access import ready_model
+from service.serving.sessions import content_tokens, owner_of
+from service.serving.request_bodies import GenerationOptions, ResponseRequest
 from service.serving import pipeline
 from service.serving.response_bodies import (
     ContentPartAdded,
@@ -53,9 +53,9 @@ from service.serving.response_bodies import (
     ResponseStreamEvent,
     ResponseUsage,
 )
-from service.session_store import NewMessage, SessionStore, StoredMessage
-from service.storage_errors import StorageError
-from service.telemetry import observe_generation
+from service.storage.session_store import NewMessage, SessionStore, StoredMessage
+from service.storage.errors import StorageError
+from service.operations.telemetry import observe_generation
 
 log = logging.getLogger(__name__)
 

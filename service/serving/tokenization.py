@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
-from service.chat_template import ChatTemplateError
+from service.engine.chat_template import ChatTemplateError
 from service.errors import APIError
-from service.model_folder import ModelFolder, token_ids
-from service.routes.generation import off_loop
-from service.routes.models import ready_model
-from service.schemas import DetokenizeRequest, TokenizeRequest
+from service.engine.model_folder import ModelFolder, token_ids
+from service.serving.generation import off_loop
+from service.serving.model_access import ready_model
+from service.serving.request_bodies import DetokenizeRequest, TokenizeRequest
 from service.serving.response_bodies import Detokenized, Tokenized
 
 

@@ -1,0 +1,1 @@
+"""Cross-cutting concerns as middleware and small dependencies: keys, limits and guards, metrics, traces, logs."""

@@ -1,0 +1,1 @@
+"""What outlives a request: sessions and registered models, in SQLite files or PostgreSQL."""
