@@ -36,8 +36,8 @@ from bench.engine_speed import prompt_of
 from bench.http_load import run_level
 from converter.cache import cached_conversion
 from converter.convert import ConversionOptions
-from service.engine.engine import Engine, EngineLimits, GenerationRequest, TextDelta
 from service.engine.decode_loop import Generator, ModelShape
+from service.engine.engine import Engine, EngineLimits, GenerationRequest, TextDelta
 from service.engine.model_folder import ModelFolder
 from service.engine.runtime import choose_placement, create_session, node_placements
 from service.engine.sampler import Sampler, SamplingParams

@@ -17,11 +17,9 @@ from hypercorn.utils import LifespanFailureError
 
 from service import SERVICE_VERSION
 
-from service.routes import websocket_frames
 from service.app import create_app
 from service.operations.auth import KeyFile, KeyRing
 from service.operations.logs import configure_logging
-from service.routes.health import drain
 from service.options import (
     API_KEYS_VARIABLE,
     CONFIG_VARIABLE,
@@ -31,6 +29,8 @@ from service.options import (
     resolve_values,
     settings_from_values,
 )
+from service.routes import websocket_frames
+from service.routes.health import drain
 from service.settings import Settings, embedded_default_model
 from service.storage.backend import StorageConfigurationError, check_database_url
 

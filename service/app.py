@@ -15,20 +15,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from service.engine.registry import ModelRegistry
+from service.errors import APIError, error_response, handle_api_error, handle_http_exception, handle_unexpected
+from service.openapi import openapi_document
 from service.operations.auth import AuthenticationMiddleware, KeyRing, SecurityHeadersMiddleware
 from service.operations.cross_site import CrossSiteGuard
-from service.errors import APIError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from service.operations.limits import BodySizeLimitMiddleware, Guards, RateLimitMiddleware
 from service.operations.logs import RequestLogMiddleware
 from service.operations.metrics import HTTPMetricsMiddleware, Metrics, metrics_endpoint
-from service.openapi import openapi_document
-from service.engine.registry import ModelRegistry
+from service.operations.tracing import tracer_provider_from
 from service.routes import chat, completions, health, models, session_edits, sessions, ws
 from service.routes import embeddings, responses, tokenizer
 from service.settings import Settings
 from service.storage.backend import check_database_url, open_storage
 from service.storage.errors import DatabaseUnavailable, StorageError, StorageFull, UnstorableValue
-from service.operations.tracing import tracer_provider_from
 
 log = logging.getLogger(__name__)
 # Seconds a client is asked to wait before retrying while the database is unreachable.

@@ -13,6 +13,7 @@ import msgspec
 
 from service import SERVICE_VERSION
 from service.routes.sessions import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from service.serving import response_bodies as bodies
 from service.serving.request_bodies import (
     AppendTurnRequest,
     ChatCompletionRequest,
@@ -25,7 +26,6 @@ from service.serving.request_bodies import (
     TokenizeRequest,
     UpdateSessionRequest,
 )
-from service.serving import response_bodies as bodies
 from service.storage.session_store import MAX_QUERY_CHARACTERS
 
 

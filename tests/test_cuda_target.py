@@ -15,8 +15,8 @@ from converter.convert import ConversionOptions, convert
 from converter.weights import BlockQuantizedWeight, gather_layout_for_cuda
 from service.engine.batch_runner import BatchRunner, ModelShape
 from service.engine.candidates import CandidateRow
-from service.engine.engine import Engine, EngineLimits, GenerationRequest, TextDelta
 from service.engine.decode_loop import Generator
+from service.engine.engine import Engine, EngineLimits, GenerationRequest, TextDelta
 from service.engine.model_folder import ModelFolder
 from service.engine.runtime import CPU, CUDA, choose_placement, create_session, cuda_device_count, node_placements, parse_node_placements
 from service.engine.sampler import Sampler, SamplingParams

@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.engine.engine import Admitted, Engine, EngineBusy, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
 from service.engine.decode_loop import Generator, ModelShape
+from service.engine.engine import Admitted, Engine, EngineBusy, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
 from service.engine.kv_cache import SlotCache
 from service.engine.model_folder import ModelFolder
 from service.engine.runtime import choose_placement, create_session

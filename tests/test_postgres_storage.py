@@ -17,12 +17,12 @@ import psycopg
 import pytest
 
 from service.app import create_app
-from service.storage.postgres import PostgresDatabase
-from service.storage.postgres_session_store import PostgresSessionStore
-from service.storage.session_store import NewMessage
 from service.settings import Settings
 from service.storage.backend import open_storage
 from service.storage.errors import StorageConfigurationError
+from service.storage.postgres import PostgresDatabase
+from service.storage.postgres_session_store import PostgresSessionStore
+from service.storage.session_store import NewMessage
 from tests.support import ServiceProcess, free_port
 from tests.test_api import QUESTION, assert_error, chat
 from tests.test_registry import register, wait_settled

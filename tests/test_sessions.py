@@ -15,11 +15,11 @@ import psycopg
 import pytest
 
 from service.engine.model_folder import ModelFolder
-from service.storage.session_store import NewMessage, SessionNotFound
 from service.settings import Settings
-from service.storage.sqlite_session_store import DATABASE_FILE
 from service.storage.backend import open_storage
 from service.storage.errors import StorageError
+from service.storage.session_store import NewMessage, SessionNotFound
+from service.storage.sqlite_session_store import DATABASE_FILE
 from tests.support import ServiceProcess
 from tests.test_api import SMOL, assert_error, chat, sse_payloads
 

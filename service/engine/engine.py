@@ -39,12 +39,12 @@ import numpy as np
 
 from service.engine.batch_runner import BatchRunner, ModelShape, SerialRunner
 from service.engine.candidates import CandidateRow
+from service.engine.decode_loop import PREFILL_CHUNK
 from service.engine.detokenizer import Detokenizer
 from service.engine.embedder import Embedder
-from service.engine.optimum_decode_loop import DynamicCacheGenerator
 from service.engine.event_courier import EventCourier
-from service.engine.decode_loop import PREFILL_CHUNK
 from service.engine.model_folder import ModelFolder
+from service.engine.optimum_decode_loop import DynamicCacheGenerator
 from service.engine.runtime import Placement, create_session
 from service.engine.sequence import (
     DECODING,

@@ -21,8 +21,8 @@ import re
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.operations.auth import PROBE_PATHS, refuse
 from service.errors import APIError
+from service.operations.auth import PROBE_PATHS, refuse
 from service.settings import Settings
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})

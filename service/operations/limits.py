@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.operations.auth import ApiKey, refuse
-from service.errors import APIError
 from service.engine.sequence import GenerationRequest
+from service.errors import APIError
+from service.operations.auth import ApiKey, refuse
 from service.routes import GENERATION_PATHS
 
 

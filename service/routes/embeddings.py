@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.routes.framing import json_response
-from service.serving.request_bodies import EmbeddingRequest, decode_body
 from service.serving.embeddings import create_embeddings
+from service.serving.request_bodies import EmbeddingRequest, decode_body
 
 
 async def embeddings(request: Request) -> Response:

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.routes.framing import json_response, sse_response
-from service.serving.request_bodies import ResponseRequest, decode_body
 from service.serving import responses_api
+from service.serving.request_bodies import ResponseRequest, decode_body
 
 
 async def create_response(request: Request) -> Response:

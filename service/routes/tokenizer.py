@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.routes.framing import json_response
-from service.serving.request_bodies import DetokenizeRequest, TokenizeRequest, decode_body
 from service.serving import tokenization
+from service.serving.request_bodies import DetokenizeRequest, TokenizeRequest, decode_body
 
 
 async def tokenize(request: Request) -> Response:

@@ -19,17 +19,16 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection, Request
 
-from service.operations import limits
 from service.engine.chat_template import ChatTemplateError
 from service.engine.engine import Engine, Failed, Finished, GenerationRequest, TextDelta, Ticket
-from service.errors import APIError
 from service.engine.registry import ModelEntry
-from service.serving import generation
-from service.serving.model_access import ready_model
-from service.serving.sessions import SessionHistory, TurnNotSaved, session_history
-from service.serving.request_bodies import ChatCompletionRequest
-from service.serving import pipeline
+from service.errors import APIError
+from service.operations import limits
+from service.operations.telemetry import observe_generation
+from service.serving import generation, pipeline
 from service.serving.logprobs import chat_logprobs
+from service.serving.model_access import ready_model
+from service.serving.request_bodies import ChatCompletionRequest
 from service.serving.response_bodies import (
     AssistantMessage,
     ChatChoice,
@@ -39,7 +38,7 @@ from service.serving.response_bodies import (
     ChatDelta,
     ErrorDetail,
 )
-from service.operations.telemetry import observe_generation
+from service.serving.sessions import SessionHistory, TurnNotSaved, session_history
 
 
 @dataclass

@@ -14,18 +14,17 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection, Request
 
-from service.operations import limits
 from service.engine.engine import Engine, Failed, Finished, GenerationRequest, PromptScores, TextDelta, Ticket
-from service.errors import APIError
 from service.engine.registry import ModelEntry
-from service.serving import generation
+from service.engine.sequence import TokenLogprob
+from service.errors import APIError
+from service.operations import limits
+from service.operations.telemetry import observe_generation
+from service.serving import generation, pipeline
+from service.serving.logprobs import completion_logprobs
 from service.serving.model_access import ready_model
 from service.serving.request_bodies import CompletionRequest
-from service.engine.sequence import TokenLogprob
-from service.serving import pipeline
-from service.serving.logprobs import completion_logprobs
 from service.serving.response_bodies import Completion, CompletionChoice, ErrorDetail
-from service.operations.telemetry import observe_generation
 
 
 def prompt_ids(engine: Engine, prompts: list[str | list[int]]) -> list[list[int]]:

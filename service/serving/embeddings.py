@@ -13,9 +13,9 @@ import base64
 import numpy as np
 from starlette.requests import HTTPConnection
 
-from service.operations import limits
 from service.engine.engine import Engine
 from service.errors import APIError
+from service.operations import limits
 from service.serving.generation import off_loop
 from service.serving.model_access import ready_model
 from service.serving.request_bodies import EmbeddingRequest

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from service.engine.engine import Failed, Finished, PromptScores, TextDelta, Ticket
-from service.errors import APIError
 from service.engine.sequence import TokenLogprob
+from service.errors import APIError
 from service.serving.response_bodies import ErrorDetail, PromptTokensDetails, Usage
 
 

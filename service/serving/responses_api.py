@@ -21,15 +21,14 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection, Request
 
-from service.operations import limits
 from service.engine.chat_template import ChatTemplateError
 from service.engine.engine import Engine, Failed, Finished, GenerationRequest, TextDelta, Ticket
 from service.errors import APIError
-from service.serving import generation
+from service.operations import limits
+from service.operations.telemetry import observe_generation
+from service.serving import generation, pipeline
 from service.serving.model_access import ready_model
-from service.serving.sessions import content_tokens, owner_of
 from service.serving.request_bodies import GenerationOptions, ResponseRequest
-from service.serving import pipeline
 from service.serving.response_bodies import (
     ContentPartAdded,
     ContentPartDone,
@@ -53,9 +52,9 @@ from service.serving.response_bodies import (
     ResponseStreamEvent,
     ResponseUsage,
 )
-from service.storage.session_store import NewMessage, SessionStore, StoredMessage
+from service.serving.sessions import content_tokens, owner_of
 from service.storage.errors import StorageError
-from service.operations.telemetry import observe_generation
+from service.storage.session_store import NewMessage, SessionStore, StoredMessage
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from starlette.requests import HTTPConnection
 
 from service.engine.chat_template import ChatTemplateError
-from service.errors import APIError
 from service.engine.model_folder import ModelFolder, token_ids
+from service.errors import APIError
 from service.serving.generation import off_loop
 from service.serving.model_access import ready_model
 from service.serving.request_bodies import DetokenizeRequest, TokenizeRequest

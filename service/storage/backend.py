@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from service.settings import Settings
+from service.storage.errors import StorageConfigurationError
 from service.storage.registry_store import RegistryStore
 from service.storage.session_store import SessionStore
-from service.settings import Settings
 from service.storage.sqlite_registry_store import SQLiteRegistryStore
 from service.storage.sqlite_session_store import SQLiteSessionStore
-from service.storage.errors import StorageConfigurationError
 
 if TYPE_CHECKING:  # psycopg is an optional extra: imported only when a URL is set
     from service.storage.postgres import PostgresDatabase

@@ -3,10 +3,10 @@ by every replica at its next start (running replicas do not watch the table)."""
 
 from __future__ import annotations
 
-from service.storage.postgres import PostgresDatabase
 from service.engine.registry import ModelOptions
-from service.storage.registry_store import model_row, stored_model
 from service.settings import ModelSpec
+from service.storage.postgres import PostgresDatabase
+from service.storage.registry_store import model_row, stored_model
 
 COMPONENT = "registry"
 

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.engine.registry import ModelOptions
-from service.storage.registry_store import model_row, stored_model
 from service.settings import ModelSpec
+from service.storage.registry_store import model_row, stored_model
 from service.storage.sqlite_files import open_database, storage_error
 
 DATABASE_FILE = "registry.sqlite3"

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from service.storage.errors import StorageError, StorageFull
 from service.storage.session_store import (
     HIGHLIGHT,
     SEARCH_SECONDS,
@@ -37,7 +38,6 @@ from service.storage.session_store import (
     new_session_id,
 )
 from service.storage.sqlite_files import connect, has_room, open_database, storage_error
-from service.storage.errors import StorageError, StorageFull
 from service.storage.text_search import search_phrases, search_terms, snippet
 
 DATABASE_FILE = "sessions.sqlite3"
