@@ -43,6 +43,13 @@ class Envelope(msgspec.Struct):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
 
 
+class SocketChatRequest(ChatCompletionRequest, kw_only=True):
+    """A chat.completion message: a chat request that also carries the envelope's fields."""
+
+    type: str
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+
+
 def error_event(request_id: str | None, error: APIError) -> dict:
     return {"type": "error", "id": request_id, "status": error.status, "error": error.detail()}
 
@@ -136,7 +143,7 @@ class ChatSocket:
         if self.started:
             limits.charge_request(self.websocket)  # requests per minute count messages, not sockets
         self.started += 1
-        body = decode_body(data, ChatCompletionRequest)
+        body = decode_body(data, SocketChatRequest)
         # The socket's handshake carries the key, so it sees the sessions that key owns.
         plan = await chat.plan(self.websocket, body)
         try:

@@ -6,8 +6,10 @@ sampling options, the key's tokens); `admit` queues it; `whole` gathers the answ
 turn is stored once every choice has answered whole (choice 0's text), before the client sees
 the end; an answer the store could not keep is still sent, flagged.
 
-Issue 15 (response_format, tools) plugs in at the two marked places: `plan` turns them into
-prompt messages and a GenerationRequest.grammar, `chunks`/`whole` read calls out of the text.
+What the answer must follow (response_format, tools, guided_*) is service.serving.
+output_constraints' OutputPlan: `plan` turns it into prompt messages and the request's grammar,
+and `whole` and `chunks` read tool calls out of the text (a stream sends each call whole, as one
+delta, once its closing tag arrives).
 """
 
 from __future__ import annotations
@@ -28,15 +30,20 @@ from service.operations.telemetry import observe_generation
 from service.serving import generation, pipeline
 from service.serving.logprobs import chat_logprobs
 from service.serving.model_access import ready_model
+from service.serving.output_constraints import OutputPlan, output_plan
+from service.serving.tool_calls import CallStream, ToolCall, parse_calls
 from service.serving.request_bodies import ChatCompletionRequest
 from service.serving.response_bodies import (
     AssistantMessage,
+    CalledFunction,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
     ChatDelta,
     ErrorDetail,
+    ToolCallBody,
+    ToolCallDelta,
 )
 from service.serving.sessions import SessionHistory, TurnNotSaved, session_history
 
@@ -51,28 +58,45 @@ class ChatPlan:
     prompt_ids: list[int]
     requests: list[GenerationRequest]
     charge: limits.Charge
+    outputs: OutputPlan
 
     @property
     def engine(self) -> Engine:
         return self.entry.engine
 
 
-def prompt_ids(engine: Engine, body: ChatCompletionRequest, history: SessionHistory | None) -> list[int]:
-    """The templated conversation; with a session's history, its remembered turns come first."""
+def prompt_ids(engine: Engine, body: ChatCompletionRequest, history: SessionHistory | None, outputs: OutputPlan) -> list[int]:
+    """The templated conversation; with a session's history, its remembered turns come first.
+    Tools reach the template, or the prompt, as `outputs` says."""
     folder = engine.folder
     if folder.chat_template is None:
         raise APIError(400, f"the model {body.model!r} has no chat template; use /v1/completions", param="model")
+    knows_tools = folder.chat_template.knows_tools
+    tools = [tool.as_openai() for tool in outputs.tools] if knows_tools and outputs.tools else None
 
     def encode(messages: list[dict]) -> list[int]:
         try:
-            return folder.encode_chat(messages)
+            return folder.encode_chat(outputs.prompt_messages(messages, knows_tools), tools=tools)
         except ChatTemplateError as error:
             raise APIError(400, str(error), param="messages") from error
 
-    messages = [{"role": message.role, "content": message.text()} for message in body.messages]
+    messages = [_as_template_message(message) for message in body.messages]
     if history is None:
         return encode(messages)
     return history.prompt_ids(engine, messages, body.max_completion_tokens or body.max_tokens, encode)
+
+
+def _as_template_message(message) -> dict:
+    """A request message as chat templates read it (Hugging Face's keys)."""
+    rendered = {"role": message.role, "content": message.text()}
+    if message.tool_calls:
+        rendered["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    return rendered
 
 
 async def plan(connection: HTTPConnection, body: ChatCompletionRequest) -> ChatPlan:
@@ -82,22 +106,23 @@ async def plan(connection: HTTPConnection, body: ChatCompletionRequest) -> ChatP
     guards.check_completion(body.max_completion_tokens or body.max_tokens, budget_param)
     if body.top_logprobs and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    outputs = output_plan(body)
     entry = ready_model(connection, body.model)
     engine = entry.engine
     history = await session_history(connection, body.session_id) if body.session_id is not None else None
-    # Issue 15: tools and response_format add their prompt messages here.
-    ids = await generation.off_loop(connection, prompt_ids, engine, body, history)
+    ids = await generation.off_loop(connection, prompt_ids, engine, body, history, outputs)
+    grammar = await generation.off_loop(connection, outputs.compiled, engine.folder)
     budget = generation.completion_budget(engine, ids, body.max_completion_tokens or body.max_tokens, "messages")
     request = GenerationRequest(
         ids,
         budget,
-        generation.sampling_params(engine, body, body.logprobs, body.top_logprobs or 0),
+        generation.sampling_params(engine, body, bool(body.logprobs), body.top_logprobs or 0),
         stop=body.stop_strings(),
-        ignore_eos=body.ignore_eos,
-        # Issue 15: grammar= the constraint response_format or tool_choice asks for.
+        ignore_eos=bool(body.ignore_eos),
+        grammar=grammar,
     )
-    requests = generation.choices_of(request, body.n)
-    return ChatPlan(body, entry, history, ids, requests, limits.check_admission(connection, requests, "messages"))
+    requests = generation.choices_of(request, body.choices)
+    return ChatPlan(body, entry, history, ids, requests, limits.check_admission(connection, requests, "messages"), outputs)
 
 
 @dataclass
@@ -138,9 +163,9 @@ async def whole(answer: ChatAnswer, connection: Request) -> ChatCompletion:
         choices=[
             ChatChoice(
                 index,
-                AssistantMessage(choice.answer),
+                _message(choice.answer, plan.outputs.reads_calls),
                 chat_logprobs(plan.engine.folder, choice.tokens) if plan.body.logprobs else None,
-                choice.finished.finish_reason,
+                _finish_reason(choice.finished.finish_reason, plan.outputs.reads_calls and bool(parse_calls(choice.answer)[1])),
             )
             for index, choice in enumerate(choices)
         ],
@@ -155,6 +180,24 @@ async def whole(answer: ChatAnswer, connection: Request) -> ChatCompletion:
                 completion.session_saved = False
                 completion.session_error = error.detail()
     return completion
+
+
+def _message(answer: str, reads_calls: bool) -> AssistantMessage:
+    if not reads_calls:
+        return AssistantMessage(answer)
+    content, calls = parse_calls(answer)
+    if not calls:
+        return AssistantMessage(answer)
+    return AssistantMessage(content, tool_calls=[_call_body(call) for call in calls])
+
+
+def _call_body(call: ToolCall) -> ToolCallBody:
+    return ToolCallBody(call.id, CalledFunction(call.name, call.arguments))
+
+
+def _finish_reason(reason: str, called: bool) -> str:
+    """OpenAI's "tool_calls" for an answer that ended by calling tools."""
+    return "tool_calls" if called and reason == "stop" else reason
 
 
 async def chunks(
@@ -174,6 +217,19 @@ async def chunks(
         yield answer.chunk(index, ChatDelta(role="assistant", content=""))
     finished: dict[int, Finished] = {}
     first_answer: list[str] = []
+    calls = [CallStream() for _ in answer.tickets] if plan.outputs.reads_calls else None
+
+    def split(index: int, text: str) -> tuple[str, list[ChatCompletionChunk]]:
+        """Text to send now, and a chunk per tool call that text finished."""
+        if calls is None:
+            return text, []
+        sent, finished_calls = calls[index].feed(text)
+        offset = len(calls[index].calls) - len(finished_calls)
+        return sent, [
+            answer.chunk(index, ChatDelta(tool_calls=[ToolCallDelta(offset + number, call.id, CalledFunction(call.name, call.arguments))]))
+            for number, call in enumerate(finished_calls)
+        ]
+
     async for item in pipeline.choice_events(answer.tickets, keepalive):
         if isinstance(item, pipeline.Keepalive):
             yield item
@@ -182,12 +238,20 @@ async def chunks(
         if index == 0 and isinstance(event, (TextDelta, Finished)):
             first_answer.append(event.text)
         if isinstance(event, TextDelta):
-            if event.text or plan.body.logprobs:
-                yield answer.chunk(index, ChatDelta(content=event.text), token=event.token)
+            sent, call_chunks = split(index, event.text)
+            if sent or plan.body.logprobs:
+                yield answer.chunk(index, ChatDelta(content=sent), token=event.token)
+            for chunk in call_chunks:
+                yield chunk
         elif isinstance(event, Finished):
-            if event.text:
-                yield answer.chunk(index, ChatDelta(content=event.text))
-            yield answer.chunk(index, ChatDelta(), event.finish_reason)
+            sent, call_chunks = split(index, event.text)
+            sent += calls[index].flush() if calls is not None else ""
+            if sent:
+                yield answer.chunk(index, ChatDelta(content=sent))
+            for chunk in call_chunks:
+                yield chunk
+            called = calls is not None and bool(calls[index].calls)
+            yield answer.chunk(index, ChatDelta(), _finish_reason(event.finish_reason, called))
             finished[index] = event
         elif isinstance(event, Failed):
             yield pipeline.StreamError(500, ErrorDetail(event.message, "server_error", code=event.code))
@@ -204,4 +268,5 @@ async def chunks(
             yield pipeline.StreamError.of(error)
     if plan.body.stream_options is not None and plan.body.stream_options.include_usage:
         yield ChatCompletionChunk(id=answer.id, created=answer.created, model=plan.entry.model_id, choices=[], usage=usage)
-    yield pipeline.StreamEnd([event.finish_reason for event in ended], usage)
+    called = [calls is not None and bool(calls[index].calls) for index in range(len(ended))]
+    yield pipeline.StreamEnd([_finish_reason(event.finish_reason, call) for event, call in zip(ended, called, strict=True)], usage)

@@ -53,7 +53,7 @@ def _generation_request(engine: Engine, body: CompletionRequest, ids: list[int])
         budget,
         generation.sampling_params(engine, body, wants_logprobs, body.logprobs or 0),
         stop=body.stop_strings(),
-        ignore_eos=body.ignore_eos,
+        ignore_eos=bool(body.ignore_eos),
         prompt_logprobs=(body.logprobs or 0) if body.echo and wants_logprobs else None,
     )
 
@@ -77,8 +77,8 @@ class CompletionPlan:
         """What choice `index` repeats of its prompt first: the prompt's text with `echo`."""
         if not self.body.echo:
             return ""
-        prompt = self.prompts[index // self.body.n]
-        ids = self.prompt_ids[index // self.body.n]
+        prompt = self.prompts[index // self.body.choices]
+        ids = self.prompt_ids[index // self.body.choices]
         return prompt if isinstance(prompt, str) else self.engine.folder.tokenizer.decode(ids, skip_special_tokens=False)
 
 
@@ -86,7 +86,7 @@ async def plan(connection: HTTPConnection, body: CompletionRequest) -> Completio
     connection.app.state.guards.check_completion(body.max_tokens, "max_tokens")
     if body.suffix:
         raise APIError(400, "`suffix` (fill in the middle) is not supported", param="suffix", code="unsupported_parameter")
-    if body.best_of is not None and body.best_of != body.n:
+    if body.best_of is not None and body.best_of != body.choices:
         raise APIError(400, "`best_of` other than `n` is not supported", param="best_of", code="unsupported_parameter")
     if body.max_tokens == 0 and not body.echo:
         raise APIError(400, "max_tokens 0 only makes sense with echo (to score the prompt)", param="max_tokens")
@@ -97,7 +97,7 @@ async def plan(connection: HTTPConnection, body: CompletionRequest) -> Completio
     entry = ready_model(connection, body.model)
     engine = entry.engine
     ids = await generation.off_loop(connection, prompt_ids, engine, prompts)
-    requests = [choice for one in ids for choice in generation.choices_of(_generation_request(engine, body, one), body.n)]
+    requests = [choice for one in ids for choice in generation.choices_of(_generation_request(engine, body, one), body.choices)]
     return CompletionPlan(body, entry, prompts, ids, requests, limits.check_admission(connection, requests, "prompt"))
 
 

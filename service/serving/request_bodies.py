@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -15,10 +15,24 @@ class TextPart(Struct, tag_field="type", tag="text"):
     text: str
 
 
+class FunctionCall(Struct):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallInMessage(Struct, tag_field="type", tag="function"):
+    """An earlier call in an assistant message of the history."""
+
+    id: str
+    function: FunctionCall
+
+
 class ChatMessage(Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallInMessage] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages
 
     def text(self) -> str:
         if self.content is None:
@@ -41,12 +55,14 @@ MAX_STOP_STRINGS = 16
 MAX_CHOICES = 16
 
 
-class GenerationOptions(Struct, kw_only=True):
+class GenerationOptions(Struct, kw_only=True, forbid_unknown_fields=True):
     """What chat and text completions share: the model, streaming and every sampling option,
-    named and bounded as OpenAI (and, for the extensions, vLLM and llama.cpp) name them."""
+    named and bounded as OpenAI (and, for the extensions, vLLM and llama.cpp) name them. A field
+    no one here defines is refused by name, never ignored; `null` is taken wherever OpenAI takes
+    it (the openai SDK sends `n: null`, `stream: null`)."""
 
     model: str
-    stream: bool = False
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -54,14 +70,18 @@ class GenerationOptions(Struct, kw_only=True):
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     max_tokens: PositiveInt | None = None
     seed: int | None = None
-    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
+    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] | None = None
     stop: StopText | Annotated[list[StopText], Meta(max_length=MAX_STOP_STRINGS)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
     logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
-    ignore_eos: bool = False
+    ignore_eos: bool | None = None
     user: str | None = None
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -69,10 +89,78 @@ class GenerationOptions(Struct, kw_only=True):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class JSONSchemaFormat(Struct):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    schema: dict | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextFormat(Struct, tag_field="type", tag="text"):
+    pass
+
+
+class JSONObjectFormat(Struct, tag_field="type", tag="json_object"):
+    pass
+
+
+class JSONSchemaResponseFormat(Struct, tag_field="type", tag="json_schema"):
+    json_schema: JSONSchemaFormat
+
+
+class FunctionDefinition(Struct):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(Struct, tag_field="type", tag="function"):
+    function: FunctionDefinition
+
+
+class NamedFunction(Struct):
+    name: str
+
+
+class NamedToolChoice(Struct, tag_field="type", tag="function"):
+    function: NamedFunction
+
+
+# Fields of OpenAI's chat request this service does not implement: refused by name when set.
+UNSUPPORTED_CHAT_FIELDS = (
+    "audio", "functions", "function_call", "modalities", "prediction", "reasoning_effort", "web_search_options",
+    "verbosity", "service_tier", "store", "metadata", "prompt_cache_key", "safety_identifier",
+)
+
+
 class ChatCompletionRequest(GenerationOptions, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     max_completion_tokens: PositiveInt | None = None
-    logprobs: bool = False
+    # What the answer must follow (service.serving.output_constraints): OpenAI's response_format
+    # and tools, and vLLM's guided_* extensions.
+    response_format: TextFormat | JSONObjectFormat | JSONSchemaResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None  # Lark, as llguidance reads it
+    guided_choice: Annotated[list[str], Meta(min_length=1)] | None = None
+    audio: Any = None
+    functions: Any = None
+    function_call: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+    verbosity: Any = None
+    service_tier: Any = None
+    store: Any = None
+    metadata: Any = None
+    prompt_cache_key: Any = None
+    safety_identifier: Any = None
+    logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     # Prepends the session's kept history and appends this turn to it (see docs/sessions.md).
     session_id: str | None = None
@@ -84,7 +172,7 @@ class CompletionRequest(GenerationOptions, kw_only=True):
     prompt: str | Annotated[list[str | int | list[int]], Meta(min_length=1)]
     # OpenAI's default for text completions; 0 with `echo` scores the prompt and generates nothing.
     max_tokens: Annotated[int, Meta(ge=0)] | None = 16
-    echo: bool = False
+    echo: bool | None = None
     logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     suffix: str | None = None
     best_of: PositiveInt | None = None

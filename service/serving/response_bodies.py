@@ -54,16 +54,37 @@ class ChatLogprobs(Struct):
     content: list[TokenLogprobs]
 
 
+class CalledFunction(Struct):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallBody(Struct):
+    id: str
+    function: CalledFunction
+    type: Literal["function"] = "function"
+
+
+class ToolCallDelta(Struct):
+    """A tool call in a stream: sent whole, in one delta, once the model has closed it."""
+
+    index: int
+    id: str
+    function: CalledFunction
+    type: Literal["function"] = "function"
+
+
 class AssistantMessage(Struct):
-    content: str
+    content: str | None
     role: Literal["assistant"] = "assistant"
+    tool_calls: list[ToolCallBody] | UnsetType = UNSET
 
 
 class ChatChoice(Struct):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length" or "tool_calls"
 
 
 class ChatCompletion(Struct, kw_only=True):
@@ -81,6 +102,7 @@ class ChatCompletion(Struct, kw_only=True):
 class ChatDelta(Struct):
     role: Literal["assistant"] | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
 
 
 class ChatChunkChoice(Struct):
