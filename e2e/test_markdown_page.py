@@ -248,3 +248,27 @@ def test_a_code_blocks_copy_button_copies_its_code(clipboard_page, service, spa_
 
     expect(page.get_by_test_id("code-copy").nth(1)).to_have_text("Copied")
     assert page.evaluate("() => navigator.clipboard.readText()") == "let two = 2;"
+
+
+def test_a_tool_call_shows_as_a_collapsed_block_with_its_arguments(markdown_page):
+    source = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+    rendered = structure(markdown_page, source)
+
+    assert rendered[0] == ["p", {}, ["Let me check."]]
+    details = rendered[1]
+    assert details[0] == "details" and details[1] == {"class": "tool-call"}
+    assert details[2][0] == ["summary", {}, ["Tool call:", ["code", {}, ["get_weather"]]]]
+    block = details[2][1]
+    assert block[1] == {"class": "code-block"} and "'\"city\"'" in str(block) and "'\"Paris\"'" in str(block)
+
+
+def test_an_answer_that_is_json_shows_as_indented_json(markdown_page):
+    rendered = markdown_page.evaluate(
+        """async (source) => { const { renderMarkdown } = await import("/markdown.js");
+           const holder = document.createElement("div"); holder.innerHTML = renderMarkdown(source);
+           return [holder.querySelector(".code-language")?.textContent, holder.querySelector("code")?.textContent]; }""",
+        '{"name": "Ada", "tags": ["a", "b"]}',
+    )
+
+    assert rendered == ["json", '{\n  "name": "Ada",\n  "tags": [\n    "a",\n    "b"\n  ]\n}']

@@ -85,7 +85,42 @@ const SANITIZE = { ADD_TAGS: ["semantics", "annotation"], ADD_ATTR: ["target", "
 // A single newline in an answer is a line break, as chat models mean it.
 const markdown = new Marked({ gfm: true, breaks: true }).use({ renderer, extensions: mathExtensions });
 
+// Tool calls as the service writes them in an answer (`<tool_call>` JSON blocks, docs/api.md)
+// show as one collapsed block per call, and an answer that is one JSON value as indented JSON.
+const TOOL_CALL = /<tool_call>\s*([\s\S]*?)\s*<\/tool_call>/g;
+
+function toolCallBlock(body) {
+  let name = "tool";
+  let text = body;
+  try {
+    const call = JSON.parse(body);
+    name = String(call.name ?? name);
+    text = JSON.stringify(call.arguments ?? {}, null, 2);
+  } catch { /* not JSON: shown as it is */ }
+  return `<details class="tool-call"><summary>Tool call: <code>${escapeHtml(name)}</code></summary>`
+    + `${codeBlock({ text, lang: "json" })}</details>`;
+}
+
+function jsonAnswer(source) {
+  const trimmed = source.trim();
+  if (!/^[[{][\s\S]*[\]}]$/.test(trimmed)) return null;
+  try {
+    return codeBlock({ text: JSON.stringify(JSON.parse(trimmed), null, 2), lang: "json" });
+  } catch {
+    return null;
+  }
+}
+
 /** `source` rendered as sanitized HTML; an unclosed code fence (mid-stream) is code to the end. */
 export function renderMarkdown(source) {
-  return DOMPurify.sanitize(markdown.parse(source), SANITIZE);
+  const json = jsonAnswer(source);
+  if (json !== null) return DOMPurify.sanitize(json, SANITIZE);
+  const parts = [];
+  let last = 0;
+  for (const match of source.matchAll(TOOL_CALL)) {
+    parts.push(markdown.parse(source.slice(last, match.index)), toolCallBlock(match[1]));
+    last = match.index + match[0].length;
+  }
+  parts.push(markdown.parse(source.slice(last)));
+  return DOMPurify.sanitize(parts.join(""), { ...SANITIZE, ADD_TAGS: [...SANITIZE.ADD_TAGS, "details", "summary"] });
 }
