@@ -234,7 +234,31 @@ def render(results: dict) -> str:
     ]
     for model in results["models"]:
         lines += _model_section(model, results)
+    lines += _constraints_section(results.get("constraints"), results["quiet_foreign_cores"])
     return "\n".join(lines)
+
+
+def _constraints_section(constraints: dict | None, limit: float) -> list[str]:
+    """The decode rate with and without a grammar (bench/constraint_speed.py)."""
+    if not constraints:
+        return []
+    lines = ["## Constrained decoding", ""]
+    if constraints.get("error"):
+        return lines + [f"Not measured: {constraints['error']}", ""]
+    quiet = "" if constraints.get("foreign_cores", 0) <= limit else f" (measured while other work took {constraints['foreign_cores']:.2f} cores)"
+    lines += [
+        f"The engine's decode rate on `{constraints['model']}` with a grammar that allows long free text (a regex; "
+        f"its mask is computed per token as a JSON schema's is) and without one, greedy, median of the runs{quiet}:",
+        "",
+        "| streams | without a grammar (tok/s) | with a grammar (tok/s) | cost | target |",
+        "| ---: | ---: | ---: | ---: | --- |",
+    ]
+    for streams in (1, 8):
+        free, constrained = constraints[f"{streams}_free"], constraints[f"{streams}_grammar"]
+        cost = constraints[f"cost_{streams}_stream{'s' if streams > 1 else ''}"]
+        verdict = "pass" if cost <= 0.10 else "FAIL"
+        lines.append(f"| {streams} | {free:.1f} | {constrained:.1f} | {cost * 100:.1f}% | ≤ 10% slower: {verdict} |")
+    return lines + [""]
 
 
 def main() -> None:

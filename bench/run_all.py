@@ -191,6 +191,16 @@ def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Name
     return result
 
 
+def measure_constraints(arguments: argparse.Namespace) -> dict:
+    """What a grammar costs at 1 and 8 streams (bench/constraint_speed.py), on a quiet machine."""
+    command = [sys.executable, "-m", "bench.constraint_speed"]
+    measured = measure_quietly(lambda: peers.measure_script("constraints", command, 900), peers.THREADS, wait_seconds=arguments.quiet_wait)
+    if measured.value.error:
+        return {"error": measured.value.error}
+    print(f"constraints: {json.dumps(measured.value.values)}", flush=True)
+    return {**measured.value.values, "foreign_cores": measured.foreign_cores}
+
+
 def versions() -> dict:
     found = {"llama-cpp-python": peers.LLAMA_CPP_PYTHON_VERSION, "onnxruntime-genai": peers.GENAI_VERSION}
     try:
@@ -241,6 +251,7 @@ def main() -> None:
         saved = peers.CACHE / "last-run.json"
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(results, indent=2))
+    results["constraints"] = measure_constraints(arguments)
     results["versions"] = versions()
     results["machine"]["load_end"] = load_average()
     results["duration_s"] = time.monotonic() - started
