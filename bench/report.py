@@ -165,8 +165,8 @@ def _model_section(model: dict, results: dict) -> list[str]:
         "",
         *_single_table(model, limit),
         "",
-        "HTTP: aggregate generated tokens per second over all streams, median (range) of the attempts, and the "
-        "mean time to first token:",
+        f"HTTP ({'chat completions' if model.get('endpoint', 'chat') == 'chat' else 'text completions: the GGUF has no chat template'}): "
+        "aggregate generated tokens per second over all streams, median (range) of the attempts, and the mean time to first token:",
         "",
         *_http_table(model, results["levels"], limit),
         "",

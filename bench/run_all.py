@@ -142,14 +142,14 @@ def measure_single(gguf: Path, folders: dict[str, Path], task: Path, arguments: 
     return {name: {"runs": found, "error": errors.get(name)} for name, found in runs.items()}
 
 
-def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], arguments: argparse.Namespace) -> dict:
+def measure_http(server: peers.LoopbackServer, levels: tuple[int, ...], endpoint: str, arguments: argparse.Namespace) -> dict:
     """Each level on a quiet machine; then the server's resident memory after the whole load."""
     try:
         with server:
             results = []
             for streams in levels:
                 measured = measure_quietly(
-                    lambda: asyncio.run(run_levels(server.base_url, (streams,), "chat", arguments.new_tokens, 300, arguments.attempts))[0],
+                    lambda: asyncio.run(run_levels(server.base_url, (streams,), endpoint, arguments.new_tokens, 300, arguments.attempts))[0],
                     peers.THREADS,
                     wait_seconds=arguments.quiet_wait,
                 )
@@ -172,6 +172,9 @@ def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Name
     exact = cached_conversion(gguf, REPO / "models", ConversionOptions(activations="fp32"))
     task = agreement_task(exact)
     slots, context = DEFAULTS["max_batch"], DEFAULTS["max_context"]
+    # Chat where the GGUF carries a chat template; text completions for both servers where it
+    # does not (the Gemma 3 file has none, and llama-server would fall back to one of its own).
+    endpoint = "chat" if (default / "chat_template.jinja").is_file() else "completions"
     result = {
         "name": name,
         "gguf": gguf.name,
@@ -180,13 +183,14 @@ def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Name
         "single": measure_single(gguf, {OURS: default, f"this engine, --activations {other}": alternative}, task, arguments),
         "slots": slots,
         "context": context,
+        "endpoint": endpoint,
     }
     try:
         server = peers.llama_server(gguf, slots=slots, context=slots * context)
-        result["http"] = {LLAMA_SERVER: measure_http(server, levels, arguments)}
+        result["http"] = {LLAMA_SERVER: measure_http(server, levels, endpoint, arguments)}
     except peers.PeerError as error:
         result["http"] = {LLAMA_SERVER: {"levels": [], "error": str(error)}}
-    result["http"][OUR_SERVICE] = measure_http(peers.our_server(default), levels, arguments)
+    result["http"][OUR_SERVICE] = measure_http(peers.our_server(default), levels, endpoint, arguments)
     task.unlink(missing_ok=True)
     return result
 
