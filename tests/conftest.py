@@ -49,6 +49,18 @@ def smollm2_model_dir(smollm2_gguf) -> Path:
     return cached_conversion(smollm2_gguf, REPO / "models")
 
 
+@pytest.fixture(scope="module")
+def smollm2_engine(smollm2_model_dir):
+    """An engine with four slots on the embedded model, for tests that generate through it."""
+    from service.engine.engine import Engine, EngineLimits
+    from service.engine.model_folder import ModelFolder
+    from service.engine.runtime import choose_placement
+
+    engine = Engine(ModelFolder.load(smollm2_model_dir), choose_placement("cpu"), 1024, threads=2, limits=EngineLimits(slots=4))
+    yield engine
+    engine.close()
+
+
 @pytest.fixture(scope="session")
 def api_server(tiny_model_dir, smollm2_model_dir, artifacts, tmp_path_factory):
     server = ServiceProcess(

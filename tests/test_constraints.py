@@ -10,9 +10,8 @@ import jsonschema
 import pytest
 
 from service.engine.constraints import Grammar, GrammarError, compile_grammar
-from service.engine.engine import Engine, EngineLimits, Failed, Finished, GenerationRequest, TextDelta
+from service.engine.engine import Engine, Failed, Finished, GenerationRequest, TextDelta
 from service.engine.model_folder import ModelFolder
-from service.engine.runtime import choose_placement
 from service.engine.sampler import SamplingParams
 
 PERSON = {
@@ -34,15 +33,13 @@ PERSON = {
 
 
 @pytest.fixture(scope="module")
-def folder(smollm2_model_dir) -> ModelFolder:
-    return ModelFolder.load(smollm2_model_dir)
+def engine(smollm2_engine) -> Engine:
+    return smollm2_engine
 
 
 @pytest.fixture(scope="module")
-def engine(folder):
-    engine = Engine(folder, choose_placement("cpu"), 1024, threads=2, limits=EngineLimits(slots=4))
-    yield engine
-    engine.close()
+def folder(engine) -> ModelFolder:
+    return engine.folder
 
 
 def _compiled(folder: ModelFolder, grammar: Grammar):

@@ -50,6 +50,15 @@ async def answer(engine: Engine, request: GenerationRequest) -> tuple[int, list[
     return reused, tokens
 
 
+async def answer_beside(engine: Engine, request: GenerationRequest, others: list[GenerationRequest]) -> list[tuple[int, float]]:
+    """The request's tokens once every one of `others` has a slot and is decoding."""
+    tickets = [engine.submit(other) for other in others]
+    for ticket in tickets:
+        while not isinstance(await ticket.next_event(), TextDelta):
+            pass
+    return (await answer(engine, request))[1]
+
+
 def fresh_answer(folder: ModelFolder, request: GenerationRequest) -> list[tuple[int, float]]:
     engine = make_engine(folder)
     try:
@@ -93,16 +102,8 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_beside_other_sequences
     request = GenerationRequest(prompt, 24, SEEDED)
     others = [GenerationRequest(chat_prompt(folder, question), 64, SEEDED, ignore_eos=True) for question in ("Name three colours.", "What is 12 times 12?", "Write a haiku.")]
     engine = make_engine(folder)
-
-    async def beside_others():
-        tickets = [engine.submit(other) for other in others]
-        for ticket in tickets:  # each has a slot and decodes before ours arrives
-            while not isinstance(await ticket.next_event(), TextDelta):
-                pass
-        return (await answer(engine, request))[1]
-
     try:
-        beside = asyncio.run(beside_others())
+        beside = asyncio.run(answer_beside(engine, request, others))
     finally:
         engine.close()
 
@@ -213,16 +214,8 @@ def test_requests_without_a_seed_still_share_decode_steps(folder):
     greedy = SamplingParams(temperature=0)  # no seed: reproducibility across batches is not asked for
     others = [GenerationRequest(chat_prompt(folder, question), 64, greedy, ignore_eos=True) for question in ("Name three colours.", "What is 12 times 12?", "Write a haiku.")]
     engine = make_engine(folder)
-
-    async def beside_others():
-        tickets = [engine.submit(other) for other in others]
-        for ticket in tickets:
-            while not isinstance(await ticket.next_event(), TextDelta):
-                pass
-        return (await answer(engine, request))[1]
-
     try:
-        beside = asyncio.run(beside_others())
+        beside = asyncio.run(answer_beside(engine, request, others))
     finally:
         engine.close()
 

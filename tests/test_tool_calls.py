@@ -9,9 +9,8 @@ import jsonschema
 import pytest
 
 from service.engine.constraints import compile_grammar
-from service.engine.engine import Engine, EngineLimits, Finished, GenerationRequest, TextDelta
+from service.engine.engine import Engine, Finished, GenerationRequest, TextDelta
 from service.engine.model_folder import ModelFolder
-from service.engine.runtime import choose_placement
 from service.engine.sampler import SamplingParams
 from service.serving.tool_calls import CallStream, Tool, call_grammar, parse_calls, prompt_messages, tools_system_prompt, written_call
 
@@ -52,15 +51,13 @@ def test_a_stream_holds_back_what_may_open_a_call_and_hands_calls_over_whole():
 
 
 @pytest.fixture(scope="module")
-def folder(smollm2_model_dir) -> ModelFolder:
-    return ModelFolder.load(smollm2_model_dir)
+def engine(smollm2_engine) -> Engine:
+    return smollm2_engine
 
 
 @pytest.fixture(scope="module")
-def engine(folder):
-    engine = Engine(folder, choose_placement("cpu"), 1024, threads=2, limits=EngineLimits(slots=4))
-    yield engine
-    engine.close()
+def folder(engine) -> ModelFolder:
+    return engine.folder
 
 
 def _answers(engine: Engine, requests: list[GenerationRequest]) -> list[tuple[str, Finished]]:
