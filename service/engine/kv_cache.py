@@ -7,23 +7,23 @@ to the same memory, so a step allocates nothing and copies no cache. Slots are b
 address: a prefill binds one slot, a decode step the first `rows` slots as one batch. Moving a
 prefix from slot to slot is a numpy copy on CPU and a strided copy by the CUDA runtime on a GPU.
 
-On CPU the buffers are numpy arrays from calloc: pages of slots never used are never touched,
-so resident memory grows with the tokens actually cached, not with slots x capacity. That holds
-only without numpy's transparent-huge-page hint, which it gives every large array: with THP in
-`madvise` mode each touched 4 KiB page then commits 2 MiB, and 8 slots x 4096 tokens of
-SmolLM2 holding 180 tokens each took 1326 MiB instead of 68.
+On CPU each buffer is an anonymous memory mapping of its own, seen as a numpy array: the kernel
+gives its pages zeroed on first write, so resident memory grows with the tokens actually cached,
+not with slots x capacity. numpy's own zeros did not hold that: it gives large arrays a
+transparent-huge-page hint (with THP in `madvise` mode each touched 4 KiB page committed 2 MiB:
+8 slots x 4096 tokens of SmolLM2 holding 180 tokens each took 1326 MiB instead of 68), and
+calloc may serve them from heap memory it must clear first, once glibc's mmap threshold has
+risen past their size.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-from collections.abc import Iterator
+import mmap
 
 import numpy as np
 import onnxruntime as ort
-from numpy._core import multiarray
 
 from converter.graph_interface import past_name, present_name
 
@@ -46,14 +46,13 @@ class SlotCache:
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
         self._values: dict[tuple[int, str], ort.OrtValue] = {}
         self._scratch: ort.OrtValue | None = None
-        with _without_huge_pages():
-            self._allocate(layers, slots, device)
+        self._allocate(layers, slots, device)
 
     def _allocate(self, layers: int, slots: int, device: str) -> None:
         for layer in range(layers):
             for kind in ("key", "value"):
                 if device == "cpu":
-                    self._arrays[layer, kind] = np.zeros((slots, *self._shape), dtype=self.dtype)
+                    self._arrays[layer, kind] = _lazy_zeros((slots, *self._shape), self.dtype)
                 else:
                     self._values[layer, kind] = ort.OrtValue.ortvalue_from_shape_and_type(
                         [slots, *self._shape], self.dtype.type, device, 0
@@ -134,14 +133,11 @@ class SlotCache:
             raise RuntimeError(f"cudaMemcpy2D failed with CUDA error {status} moving a KV cache prefix")
 
 
-@contextlib.contextmanager
-def _without_huge_pages() -> Iterator[None]:
-    """numpy's huge-page hint off while the buffers are allocated (it is given at allocation)."""
-    previous = multiarray._set_madvise_hugepage(False)
-    try:
-        yield
-    finally:
-        multiarray._set_madvise_hugepage(previous)
+def _lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros in an anonymous mapping of their own, whose pages exist once written."""
+    count = int(np.prod(shape))
+    mapping = mmap.mmap(-1, max(count * dtype.itemsize, 1))
+    return np.frombuffer(mapping, dtype=dtype, count=count).reshape(shape)
 
 
 _DEVICE_TO_DEVICE = 3  # cudaMemcpyDeviceToDevice
