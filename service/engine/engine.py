@@ -485,8 +485,8 @@ class Engine:
             row = self.runner.decode([1] + [2] * (rows - 1), [0] * rows)[0]
             return np.array(row.full_logits() if isinstance(row, CandidateRow) else row)
 
-        counts = sorted({2, self.runner.slots, *(1 << power for power in range(1, self.runner.slots.bit_length()))})
-        counts = [count for count in counts if count <= self.runner.slots]
+        slots = self.runner.slots
+        counts = sorted({slots, *(1 << power for power in range(1, slots.bit_length()))})  # 2, 4, ... up to slots
         several = [first_row(rows) for rows in counts]
         if not all(np.array_equal(several[0], row) for row in several[1:]):
             return None

@@ -161,12 +161,7 @@ async def whole(answer: ChatAnswer, connection: Request) -> ChatCompletion:
         created=answer.created,
         model=plan.entry.model_id,
         choices=[
-            ChatChoice(
-                index,
-                _message(choice.answer, plan.outputs.reads_calls),
-                chat_logprobs(plan.engine.folder, choice.tokens) if plan.body.logprobs else None,
-                _finish_reason(choice.finished.finish_reason, plan.outputs.reads_calls and bool(parse_calls(choice.answer)[1])),
-            )
+            _choice(index, choice, plan)
             for index, choice in enumerate(choices)
         ],
         usage=pipeline.usage(finished, len(plan.prompt_ids)),
@@ -182,13 +177,12 @@ async def whole(answer: ChatAnswer, connection: Request) -> ChatCompletion:
     return completion
 
 
-def _message(answer: str, reads_calls: bool) -> AssistantMessage:
-    if not reads_calls:
-        return AssistantMessage(answer)
-    content, calls = parse_calls(answer)
-    if not calls:
-        return AssistantMessage(answer)
-    return AssistantMessage(content, tool_calls=[_call_body(call) for call in calls])
+def _choice(index: int, choice: pipeline.Choice, plan: ChatPlan) -> ChatChoice:
+    """One whole choice; its tool calls, when the request reads them, are parsed once."""
+    content, calls = parse_calls(choice.answer) if plan.outputs.reads_calls else (choice.answer, [])
+    message = AssistantMessage(content, tool_calls=[_call_body(call) for call in calls]) if calls else AssistantMessage(choice.answer)
+    logprobs = chat_logprobs(plan.engine.folder, choice.tokens) if plan.body.logprobs else None
+    return ChatChoice(index, message, logprobs, _finish_reason(choice.finished.finish_reason, bool(calls)))
 
 
 def _call_body(call: ToolCall) -> ToolCallBody:
