@@ -1,3 +1,3 @@
 """Turns GGUF files and Hugging Face checkpoints into self-contained ONNX Runtime model folders."""
 
-CONVERTER_VERSION = "0.7.0"
+CONVERTER_VERSION = "0.8.0"

@@ -125,7 +125,3 @@ def as_plain_matmuls(model: onnx.ModelProto) -> onnx.ModelProto:
     model.graph.node.extend(nodes)
     return model
 
-
-def save(model: onnx.ModelProto, folder: Path) -> None:
-    large = model.ByteSize() > 1_800_000_000
-    onnx.save_model(model, folder / "model.onnx", save_as_external_data=large, all_tensors_to_one_file=True, location="model.onnx.data")
