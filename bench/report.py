@@ -176,6 +176,62 @@ def _model_section(model: dict, results: dict) -> list[str]:
     for target in targets(model, limit):
         sign = "≥" if target.at_least else "≤"
         lines.append(f"| {target.name} | {_number(target.measured, 2)} | {sign} {target.limit:g} | {target.inputs} | {target.verdict()} |")
+    return lines + [""] + _time_section(model.get("time"), limit)
+
+
+# Operators grouped for the profile table; the rest is "other operators".
+_PROFILE_COLUMNS = (
+    ("quantized matmuls", ("MatMulNBits",)),
+    ("attention", ("GroupQueryAttention",)),
+    ("block-minimum products (MatMul, ReduceSum)", ("MatMul", "ReduceSum")),
+    ("norms", ("SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization")),
+)
+
+
+def _time_section(time: dict | None, limit: float) -> list[str]:
+    """Where the default folder's time goes (bench/op_profile.py): the profile by operator, the
+    head's kernel with either activation precision, and what was tried."""
+    if not time:
+        return []
+    lines = ["### Where the time goes", ""]
+    if time.get("error"):
+        return lines + [f"Not measured: {time['error']}", ""]
+    if time.get("foreign_cores", 0) > limit:
+        lines += [f"Measured while other work took {time['foreign_cores']:.2f} cores.", ""]
+    lines += [
+        "ONNX Runtime's profile of the service's runner, milliseconds per graph run (profiling adds a few "
+        "microseconds to each node, so the sum is above the unprofiled times below):",
+        "",
+        "| phase | wall | " + " | ".join(name for name, _ in _PROFILE_COLUMNS) + " | other operators | outside kernels |",
+        "| --- | ---: | " + " | ".join("---:" for _ in _PROFILE_COLUMNS) + " | ---: | ---: |",
+    ]
+    for phase, summary in time["profile"].items():
+        by_operator = summary["by_operator_ms_per_run"]
+        grouped = [sum(by_operator.get(operator, 0.0) for operator in operators) for _, operators in _PROFILE_COLUMNS]
+        other = summary["kernel_ms_per_run"] - sum(grouped)
+        outside = summary["wall_ms_per_run"] - summary["kernel_ms_per_run"]
+        cells = " | ".join(f"{value:.2f}" for value in (*grouped, other, outside))
+        lines.append(f"| {phase} | {summary['wall_ms_per_run']:.2f} | {cells} |")
+    kernel = time["kernels"]
+    fp32_one, fp32_eight = kernel["float32 activations, 1 rows, ms"], kernel["float32 activations, 8 rows, ms"]
+    int8_one, int8_eight = kernel["int8 activations, 1 rows, ms"], kernel["int8 activations, 8 rows, ms"]
+    lines += [
+        "",
+        f"The largest matrix alone (`{kernel['matrix']}`, {kernel['N']} x {kernel['K']}, {kernel['bits']}-bit blocks of "
+        f"{kernel['block_size']}) in ONNX Runtime's MatMulNBits: with float32 activations (the default conversion) "
+        f"{fp32_one:.3f} ms for 1 row and {fp32_eight:.3f} ms for 8; with int8 activations {int8_one:.3f} and "
+        f"{int8_eight:.3f} ms. The float32 kernel is {fp32_one / int8_one:.1f}x slower for one row and "
+        f"{fp32_eight / int8_eight:.1f}x for eight.",
+        "",
+        "Tried, unprofiled (median milliseconds; decode rows hold 160 cached tokens each):",
+        "",
+        "| variant | prefill 640 tokens | decode, 1 row | decode, 8 rows |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for tried in time["tries"]:
+        lines.append(
+            f"| {tried['variant']} | {tried['prefill 640, ms']:.1f} | {tried['decode 1 rows, ms']:.2f} | {tried['decode 8 rows, ms']:.2f} |"
+        )
     return lines + [""]
 
 

@@ -191,8 +191,18 @@ def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Name
     except peers.PeerError as error:
         result["http"] = {LLAMA_SERVER: {"levels": [], "error": str(error)}}
     result["http"][OUR_SERVICE] = measure_http(peers.our_server(default), levels, endpoint, arguments)
+    result["time"] = measure_where_time_goes(default, arguments)
     task.unlink(missing_ok=True)
     return result
+
+
+def measure_where_time_goes(folder: Path, arguments: argparse.Namespace) -> dict:
+    """The default folder's operator profile, kernel rates and tries (bench/op_profile.py)."""
+    command = [sys.executable, "-m", "bench.op_profile", "--model", str(folder), "--threads", str(peers.THREADS)]
+    measured = measure_quietly(lambda: peers.measure_script("profile", command, 900), peers.THREADS, wait_seconds=arguments.quiet_wait)
+    if measured.value.error:
+        return {"error": measured.value.error}
+    return {**measured.value.values, "foreign_cores": measured.foreign_cores}
 
 
 def measure_constraints(arguments: argparse.Namespace) -> dict:

@@ -69,7 +69,7 @@ def choose_placement(device: str) -> Placement:
     return Placement([CPU], "cpu")
 
 
-def _session_options(threads: int | None, log_severity: int = 3) -> ort.SessionOptions:
+def session_options(threads: int | None, log_severity: int = 3) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
@@ -79,7 +79,7 @@ def _session_options(threads: int | None, log_severity: int = 3) -> ort.SessionO
 
 
 def create_session(model_path: Path, placement: Placement, threads: int | None = None) -> ort.InferenceSession:
-    options = _session_options(threads)
+    options = session_options(threads)
     if placement.device == "cuda":
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     try:
@@ -105,7 +105,7 @@ def node_placements(model_path: Path, placement: Placement, threads: int | None 
 
     ORT reports placements only in its verbose log, which it writes to the process's standard
     error; so a throwaway session is created with that stream sent to a file."""
-    options = _session_options(threads, log_severity=0)
+    options = session_options(threads, log_severity=0)
     options.log_verbosity_level = 0
     providers = [_without_cuda_graphs(entry) for entry in placement.providers]
     with _standard_error_to_file() as log_file:
