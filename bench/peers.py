@@ -359,13 +359,13 @@ def llama_server(gguf: Path, slots: int, context: int) -> LoopbackServer:
     return LoopbackServer("llama-server", command, port, "/health")
 
 
-def our_server(model: Path) -> LoopbackServer:
+def our_server(model: Path, options: tuple[str, ...] = ()) -> LoopbackServer:
     """This service at its defaults on `model` (a converted folder, so it starts without converting),
-    with the benchmark's threads and a data directory of its own."""
+    with the benchmark's threads, a data directory of its own, and any command-line `options`."""
     port = free_loopback_port()
     data = CACHE / "service-data"
     command = [
         str(REPO / ".venv" / "bin" / "python"), "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-        "--model", str(model), "--threads", str(THREADS), "--data-dir", str(data),
+        "--model", str(model), "--threads", str(THREADS), "--data-dir", str(data), *options,
     ]
     return LoopbackServer("service", command, port, "/readyz")

@@ -176,7 +176,18 @@ def _model_section(model: dict, results: dict) -> list[str]:
     for target in targets(model, limit):
         sign = "≥" if target.at_least else "≤"
         lines.append(f"| {target.name} | {_number(target.measured, 2)} | {sign} {target.limit:g} | {target.inputs} | {target.verdict()} |")
-    return lines + [""] + _time_section(model.get("time"), limit)
+    return lines + [""] + _memory_settings_lines(model.get("memory_settings")) + _time_section(model.get("time"), limit)
+
+
+def _memory_settings_lines(settings: list[dict] | None) -> list[str]:
+    """The service's RSS after one short request at several slot and context settings."""
+    if not settings:
+        return []
+    cells = [
+        f"{entry['slots']} x {entry['context']}: " + (f"{entry['rss_mib']:.0f} MiB" if entry.get("rss_mib") else f"failed ({entry.get('error')})")
+        for entry in settings
+    ]
+    return [f"This service's RSS after loading and one 16-token request, by slots x context per slot: {'; '.join(cells)}.", ""]
 
 
 # Operators grouped for the profile table; the rest is "other operators".

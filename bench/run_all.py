@@ -191,9 +191,30 @@ def benchmark_model(name: str, levels: tuple[int, ...], arguments: argparse.Name
     except peers.PeerError as error:
         result["http"] = {LLAMA_SERVER: {"levels": [], "error": str(error)}}
     result["http"][OUR_SERVICE] = measure_http(peers.our_server(default), levels, endpoint, arguments)
+    result["memory_settings"] = measure_memory_settings(default, endpoint)
     result["time"] = measure_where_time_goes(default, arguments)
     task.unlink(missing_ok=True)
     return result
+
+
+# (slots, context per slot) the service's memory is measured at, beside the default's.
+MEMORY_SETTINGS = ((1, 2048), (8, 4096), (32, 8192))
+
+
+def measure_memory_settings(folder: Path, endpoint: str) -> list[dict]:
+    """The service's resident memory after loading and one short request, at several slot and
+    context settings: KV memory should follow the tokens held, not slots x context."""
+    found = []
+    for slots, context in MEMORY_SETTINGS:
+        server = peers.our_server(folder, ("--max-batch", str(slots), "--max-context", str(context)))
+        try:
+            with server:
+                asyncio.run(run_levels(server.base_url, (1,), endpoint, 16, 120, 1))
+                found.append({"slots": slots, "context": context, "rss_mib": server.rss_mib()})
+        except (peers.PeerError, OSError) as error:
+            found.append({"slots": slots, "context": context, "error": str(error)})
+        print(f"memory at {slots} x {context}: {found[-1]}", flush=True)
+    return found
 
 
 def measure_where_time_goes(folder: Path, arguments: argparse.Namespace) -> dict:
