@@ -108,7 +108,12 @@ OPTIONS: tuple[Option, ...] = (
         "folders converted already keep theirs",
         choices=("fp32", "int8"),
     ),
-    Option("engine", "memory_budget_mb", int, "megabytes all loaded models may take, weights plus full KV caches; 0: no limit", minimum=0),
+    Option(
+        "engine", "memory_budget_mb", int,
+        "megabytes all loaded models may take, each counted as the resident memory its load added plus its KV "
+        "cache with every slot full (its files stand in until it has loaded); 0: no limit",
+        minimum=0,
+    ),
     Option(
         "security", "keys_file", Path, "API keys made by `python -m service keys`", optional=True,
         none_help="DATA_DIR/keys.json",

@@ -1,18 +1,25 @@
 """The hot model registry over HTTP: register while running (folder or GGUF), unload with
-requests in flight, per-model settings, a memory budget, and the errors of each."""
+requests in flight, per-model settings, a memory budget counting what loads measurably took, and
+the errors of each."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import ServiceProcess
 from tests.test_api import QUESTION, assert_error, chat
 from tests.tiny_models import write_gguf_from_checkpoint
+
+BUDGET_MB = 400
+MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +27,7 @@ def server(tiny_model_dir, artifacts, tmp_path_factory):
     process = ServiceProcess(
         "--model", f"tiny={tiny_model_dir}",
         "--models-dir", str(tmp_path_factory.mktemp("registry-models")),
-        "--memory-budget-mb", "200",
+        "--memory-budget-mb", str(BUDGET_MB),
         log_path=artifacts / "registry_server.log",
     )
     yield process
@@ -29,6 +36,26 @@ def server(tiny_model_dir, artifacts, tmp_path_factory):
 
 def register(server, **body) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/models", json=body, timeout=30)
+
+
+def kv_cache_bytes(model_dir: Path, capacity: int, slots: int) -> int:
+    """A key and a value of float32 per layer, KV head and head dimension, for every token of every slot."""
+    config = json.loads((model_dir / "manifest.json").read_text())["config"]
+    return 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * 4 * capacity * slots
+
+
+def counted_bytes(model: dict) -> int:
+    return model["memory_bytes"]["loaded"] + model["memory_bytes"]["kv_cache_max"]
+
+
+def memory_samples(server, model_id: str) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        sample.labels["part"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "llm_model_memory_bytes" and sample.labels["model"] == model_id
+    }
 
 
 def wait_settled(server, model_id: str, timeout: float = 120) -> dict:
@@ -91,11 +118,46 @@ def test_unloading_lets_a_stream_in_flight_finish_and_then_the_model_is_gone(ser
     assert_error(httpx.get(f"{server.url}/v1/models/doomed"), 404, code="model_not_found")
 
 
-def test_a_model_past_the_memory_budget_fails_with_the_reason(server, smollm2_model_dir):
+def test_a_ready_model_reports_what_its_load_took_and_its_full_kv_cache(server, smollm2_model_dir):
+    # SmolLM2 rather than the tiny model, whose load adds less than a page-rounding's noise.
+    register(server, id="measured", source=str(smollm2_model_dir), max_context=128, max_batch=2)
+    model = wait_settled(server, "measured")
+
+    assert model["memory_bytes"]["loaded"] > 0
+    assert model["memory_bytes"]["kv_cache_max"] == kv_cache_bytes(smollm2_model_dir, capacity=128, slots=2)
+    assert memory_samples(server, "measured") == {key: float(value) for key, value in model["memory_bytes"].items()}
+
+
+def test_a_model_past_the_memory_budget_fails_counting_what_the_others_measurably_take(server, smollm2_model_dir):
+    models = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"]
+    in_use = sum(counted_bytes(model) for model in models if model["status"] == "ready")
     register(server, id="too-big", source=str(smollm2_model_dir), max_context=4096, max_batch=8)
     model = wait_settled(server, "too-big")
 
-    assert model["status"] == "failed" and "memory budget" in model["error"]
+    assert model["status"] == "failed"
+    assert f"{in_use // MIB} MB of the {BUDGET_MB} MB memory budget are in use" in model["error"]
+
+
+def test_a_load_that_fits_by_its_files_but_not_by_what_it_took_fails_with_the_measurement(
+    smollm2_model_dir, artifacts
+):
+    # A budget 3 MB over SmolLM2's files plus its full KV cache: the estimate before loading fits,
+    # what loading really takes (repacked weights, the tokenizer, the runtime) does not.
+    files = sum(path.stat().st_size for path in smollm2_model_dir.glob("model.onnx*"))
+    budget_mb = (files + kv_cache_bytes(smollm2_model_dir, capacity=512, slots=1)) // MIB + 3
+    server = ServiceProcess(
+        "--model", f"smollm2={smollm2_model_dir}", "--max-context", "512", "--max-batch", "1",
+        "--memory-budget-mb", str(budget_mb),
+        log_path=artifacts / "registry_measured_budget_server.log", wait_ready=False,
+    )
+    try:
+        model = wait_settled(server, "smollm2")
+    finally:
+        server.stop()
+    measured = re.search(r"took (\d+) MB as measured", model.get("error", ""))
+
+    assert model["status"] == "failed" and measured and int(measured[1]) >= budget_mb, model
+    assert f"of the {budget_mb} MB memory budget" in model["error"]
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 Per-request histograms and counters are fed by `service.operations.telemetry` as generations finish;
 what the engines and the model registry already count (requests running and waiting, prefix
-cache lookups, batch sizes, model status) is read at scrape time, so it is exact and never
-drifts. Names follow vLLM's where one exists, under the prefix `llm_`.
+cache lookups, batch sizes, model status and memory) is read at scrape time, so it is exact and
+never drifts. Names follow vLLM's where one exists, under the prefix `llm_`.
 """
 
 from __future__ import annotations
@@ -108,6 +108,12 @@ class EngineCollector(Collector):
         )
         status = GaugeMetricFamily("llm_model_status", "1 for the status the model is in, 0 for the others.", labels=["model", "status"])
         load = GaugeMetricFamily("llm_model_load_seconds", "Seconds from registration to ready (conversion included).", labels=["model"])
+        memory = GaugeMetricFamily(
+            "llm_model_memory_bytes",
+            "What a ready model counts against the memory budget: part=loaded, the resident memory its load added; "
+            "part=kv_cache_max, its KV cache with every slot full.",
+            labels=["model", "part"],
+        )
         for entry in self.model_registry.entries():
             for name in MODEL_STATUSES:
                 status.add_metric([entry.model_id, name], float(entry.status == name))
@@ -116,6 +122,9 @@ class EngineCollector(Collector):
             engine = entry.engine
             if engine is None:
                 continue
+            if entry.memory is not None:
+                memory.add_metric([entry.model_id, "loaded"], entry.memory.loaded)
+                memory.add_metric([entry.model_id, "kv_cache_max"], entry.memory.kv_cache_max)
             running.add_metric([entry.model_id], engine.running)
             waiting.add_metric([entry.model_id], engine.waiting)
             queries.add_metric([entry.model_id], engine.prefix_queries)
@@ -123,7 +132,7 @@ class EngineCollector(Collector):
             hit_tokens.add_metric([entry.model_id], engine.prefix_hit_tokens)
             batch.add_metric([entry.model_id], *_histogram(dict(engine.batch_sizes)))
             idle_rows.add_metric([entry.model_id], engine.idle_rows)
-        yield from (running, waiting, queries, hits, hit_tokens, batch, idle_rows, status, load)
+        yield from (running, waiting, queries, hits, hit_tokens, batch, idle_rows, status, load, memory)
 
 
 def _histogram(counts: dict[int, int]) -> tuple[list[tuple[str, float]], float]:

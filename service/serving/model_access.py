@@ -6,7 +6,7 @@ from starlette.requests import HTTPConnection
 
 from service.engine.registry import READY, ModelEntry
 from service.errors import APIError
-from service.serving.response_bodies import Model
+from service.serving.response_bodies import Model, ModelMemory
 
 # What keys that may not read a failure's reason see instead (sees_errors).
 HIDDEN_ERROR = "the model failed to load; an admin key can read why"
@@ -32,6 +32,8 @@ def model_body(entry: ModelEntry, show_error: bool = True) -> Model:
         model.provider = entry.engine.placement.name
         # What a request that sets no sampling option gets (generation.json), so clients can show it.
         model.generation_defaults = entry.engine.folder.generation.get("defaults", {})
+    if entry.engine is not None and entry.memory is not None:
+        model.memory_bytes = ModelMemory(loaded=entry.memory.loaded, kv_cache_max=entry.memory.kv_cache_max)
     return model
 
 

@@ -154,6 +154,15 @@ class Completion(Struct, kw_only=True):
 # Models
 
 
+class ModelMemory(Struct):
+    """Bytes a ready model counts against the memory budget: `loaded` is what resident memory grew
+    by over its load (freed heap given back first), `kv_cache_max` its slots' KV cache when full,
+    which becomes resident only as tokens are cached but may grow to that."""
+
+    loaded: int
+    kv_cache_max: int
+
+
 class Model(Struct, kw_only=True):
     id: str
     object: Literal["model"] = "model"
@@ -166,6 +175,7 @@ class Model(Struct, kw_only=True):
     max_batch: int | UnsetType = UNSET
     provider: str | UnsetType = UNSET
     generation_defaults: dict[str, float | int] | UnsetType = UNSET
+    memory_bytes: ModelMemory | UnsetType = UNSET  # once ready
 
 
 class ModelList(Struct):
