@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import time
@@ -194,12 +193,9 @@ def without_block_minimums(path: Path, scratch: Path) -> Path | None:
     model.graph.ClearField("node")
     model.graph.node.extend(kept)
     scratch.mkdir(parents=True, exist_ok=True)
-    weights = scratch / "model.onnx.data"
-    weights.unlink(missing_ok=True)
-    try:  # ONNX Runtime refuses a side file that resolves outside the graph's folder: no symlink
-        os.link(path / "model.onnx.data", weights)
-    except OSError:
-        shutil.copyfile(path / "model.onnx.data", weights)
+    # A copy: ONNX Runtime refuses a side file that resolves outside the graph's folder (a
+    # symlink), and onnx refuses one with several hard links, the model folder's own included.
+    shutil.copyfile(path / "model.onnx.data", scratch / "model.onnx.data")
     onnx.save_model(model, scratch / "model.onnx")
     return scratch / "model.onnx"
 
@@ -218,11 +214,15 @@ def tries(path: Path, folder: ModelFolder, threads: int) -> list[dict]:
         ("prefill chunk 256", graph, threads, {}, 256),
         ("prefill in one chunk", graph, threads, {}, 640),
     ]
-    stripped = without_block_minimums(path, REPO / ".cache" / "bench" / "without-minimums")
+    scratch = REPO / ".cache" / "bench" / "without-minimums"
+    stripped = without_block_minimums(path, scratch)
     if stripped is not None:
         variants.append(("block-minimum terms removed (wrong output; prices them)", stripped, threads, {}, 512))
     variants.append(("the service's settings again (the spread between runs)", graph, threads, {}, 512))
-    return [{"variant": name, **step_times(graph, folder, count, config, chunk)} for name, graph, count, config, chunk in variants]
+    try:
+        return [{"variant": name, **step_times(graph, folder, count, config, chunk)} for name, graph, count, config, chunk in variants]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
