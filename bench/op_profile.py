@@ -103,7 +103,9 @@ def profile(path: Path, folder: ModelFolder, arguments: argparse.Namespace) -> d
         for step in range(arguments.steps + 2):  # two warm-up steps per row count, not counted
             runner.decode([token] * rows, [len(prompt) + step] * rows)
             marks.append(f"decode, {rows} row{'s' if rows > 1 else ''}" if step >= 2 else "other")
-    events = json.loads(Path(session.end_profiling()).read_text())
+    profile_file = Path(session.end_profiling())
+    events = json.loads(profile_file.read_text())
+    profile_file.unlink()
     runs = [event for event in events if event.get("cat") == "Session" and event["name"] == "model_run"]
     nodes = [event for event in events if event.get("cat") == "Node" and event["name"].endswith("_kernel_time")]
     if len(runs) != len(marks):

@@ -1,12 +1,18 @@
-"""The benchmark's own tools: telling other work's load from its own, and refusing loaded figures."""
+"""The benchmark's own tools: telling other work's load from its own, refusing loaded figures, and
+saying where a model's time goes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 
+import onnx
+import onnxruntime as ort
+
 from bench.machine_load import machine_busy_seconds, measure_quietly, own_seconds
+from bench.op_profile import without_block_minimums
 from bench.report import LLAMA_SERVER, OUR_SERVICE, targets
 
 SPIN = "import time\nwhile time.process_time() < {seconds}: pass\n"  # seconds of CPU, however loaded the machine
@@ -52,3 +58,29 @@ def test_a_level_measured_under_other_work_gets_no_verdict():
 
     key = "HTTP aggregate at 16 streams vs llama-server (equal slots)"
     assert verdicts["loaded"][key] == "not measured" and verdicts["quiet"][key] == "pass"
+
+
+def test_the_op_profile_splits_each_phase_by_operator_and_times_the_largest_matmul(smollm2_model_dir):
+    command = [
+        sys.executable, "-m", "bench.op_profile", "--model", str(smollm2_model_dir),
+        "--prompt-tokens", "32", "--rows", "1,2", "--steps", "3", "--parts", "profile,kernels",
+    ]
+    report = json.loads(subprocess.run(command, capture_output=True, text=True, check=True, timeout=300).stdout.splitlines()[-1])
+
+    phases = report["profile"]
+    assert {phase: summary["runs"] for phase, summary in phases.items()} == {"prefill 32 tokens": 1, "decode, 1 row": 3, "decode, 2 rows": 3}
+    for summary in phases.values():
+        assert 0 < summary["kernel_ms_per_run"] <= summary["wall_ms_per_run"], summary
+        assert summary["by_operator_ms_per_run"]["MatMulNBits"] > 0, summary
+    kernels = report["kernels"]
+    assert kernels["matrix"].startswith("lm_head") and kernels["N"] == 49152, kernels
+    assert all(kernels[f"{activations} activations, {rows} rows, ms"] > 0 for activations in ("float32", "int8") for rows in (1, 8))
+
+
+def test_pricing_the_block_minimums_strips_them_and_leaves_the_model_folder_loadable(smollm2_model_dir, tmp_path):
+    stripped = without_block_minimums(smollm2_model_dir, tmp_path / "stripped")
+
+    graph = onnx.load(str(stripped), load_external_data=False).graph
+    assert not any(node.name.endswith(("/minimums", "/plus_minimums")) for node in graph.node)
+    ort.InferenceSession(str(stripped), providers=["CPUExecutionProvider"])  # its copy of the weights is found
+    onnx.load(str(smollm2_model_dir / "model.onnx"))  # a hard link to the folder's side file made onnx refuse it

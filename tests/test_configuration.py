@@ -69,6 +69,24 @@ def test_the_production_example_is_valid_and_safe():
     assert values["max_prompt_tokens"] > 0 and values["max_completion_tokens"] > 0 and values["max_messages"] > 0
 
 
+def test_the_production_example_loads_its_model_within_its_memory_budget(smollm2_gguf, artifacts):
+    # Its [engine] settings on the model it names (the embedded GGUF): at a budget of 1536 MB the
+    # model never loaded, its KV cache for 8 slots of 4096 tokens alone counting 1440 MB.
+    values = load_config_file(PRODUCTION_EXAMPLE)
+    engine = [f"--{key.replace('_', '-')}={values[key]}" for key in ("max_context", "max_batch", "activations", "memory_budget_mb", "threads")]
+    server = ServiceProcess(
+        "--model", f"production={smollm2_gguf}", "--models-dir", str(REPO / "models"), *engine,
+        log_path=artifacts / "production_budget_server.log",
+    )  # waits until the model is ready, and fails if it failed to load
+    try:
+        model = httpx.get(f"{server.url}/v1/models/production", timeout=10).json()
+    finally:
+        server.stop()
+
+    counted = model["memory_bytes"]["loaded"] + model["memory_bytes"]["kv_cache_max"]
+    assert model["status"] == "ready" and counted <= values["memory_budget_mb"] * 2**20, model
+
+
 def test_every_option_has_a_flag_in_help():
     result = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True, text=True, cwd=REPO, check=True)
     for option in OPTIONS:
