@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,6 +19,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.settings import ModelSpec, Settings
 from tests.support import ServiceProcess
+from tests.test_api import assert_error
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -133,6 +135,30 @@ def test_a_client_request_id_comes_back_and_is_logged_with_the_requests_usage(ap
     assert line["seconds"] > 0
 
 
+@pytest.mark.parametrize(
+    "route, body",
+    [
+        ("/v1/chat/completions", {"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 4}),
+        ("/v1/completions", {"seed": 1, "model": "tiny", "prompt": "Hello", "max_tokens": 4}),
+        ("/v1/responses", {"seed": 1, "model": "tiny", "input": "Hello", "max_output_tokens": 4, "store": False}),
+        ("/v1/embeddings", {"model": "tiny", "input": "Hello"}),
+    ],
+)
+def test_the_end_user_a_request_names_is_on_its_log_line(api_server, route, body):
+    request_id = f"end-user{route.replace('/', '-')}"
+    response = httpx.post(f"{api_server.url}{route}", json={**body, "user": "alice-42"}, headers={"X-Request-ID": request_id}, timeout=120)
+
+    assert response.status_code == 200, response.text
+    [line] = logged_requests(api_server, request_id)
+    assert line.get("user") == "alice-42", line
+
+
+def test_an_end_user_longer_than_256_characters_is_refused_naming_the_field(api_server):
+    body = {"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 4, "user": "u" * 257}
+
+    assert_error(httpx.post(f"{api_server.url}/v1/chat/completions", json=body, timeout=30), 400, param="user")
+
+
 def test_an_unsafe_request_id_is_replaced_by_a_fresh_one(api_server):
     response = httpx.get(f"{api_server.url}/v1/models", headers={"X-Request-ID": "bad id\"with quotes"}, timeout=10)
 
@@ -161,7 +187,8 @@ def test_a_chat_request_span_holds_queue_prefill_and_decode_with_genai_attribute
     with TestClient(in_process_app(tiny_model_dir, tmp_path, provider)) as client:
         wait_ready(client)
         usage = client.post(
-            "/v1/chat/completions", json={"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 6, "temperature": 0.5}
+            "/v1/chat/completions",
+            json={"seed": 1, "model": "tiny", "messages": QUESTION, "max_tokens": 6, "temperature": 0.5, "user": "alice-42"},
         ).json()["usage"]
     spans = exporter.get_finished_spans()
     [request_span] = [span for span in spans if span.name == "chat tiny"]
@@ -172,7 +199,7 @@ def test_a_chat_request_span_holds_queue_prefill_and_decode_with_genai_attribute
     assert children["queue"].end_time <= children["prefill"].start_time <= children["prefill"].end_time <= children["decode"].start_time
     assert {key: request_span.attributes[key] for key in (
         "gen_ai.system", "gen_ai.request.model", "gen_ai.request.max_tokens", "gen_ai.request.temperature",
-        "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.response.finish_reasons",
+        "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "gen_ai.response.finish_reasons", "enduser.id",
     )} == {
         "gen_ai.system": "llm-service",
         "gen_ai.request.model": "tiny",
@@ -181,6 +208,7 @@ def test_a_chat_request_span_holds_queue_prefill_and_decode_with_genai_attribute
         "gen_ai.usage.input_tokens": usage["prompt_tokens"],
         "gen_ai.usage.output_tokens": usage["completion_tokens"],
         "gen_ai.response.finish_reasons": ("length",) if usage["completion_tokens"] == 6 else ("stop",),
+        "enduser.id": "alice-42",
     }
 
 

@@ -32,6 +32,7 @@ class _Observation:
         started_ns: int | None,
         log_fields: dict | None,
         on_done: Callable[[dict], None] | None,
+        end_user: str | None,
     ):
         state = connection.app.state
         self.metrics = state.metrics
@@ -43,9 +44,11 @@ class _Observation:
         self.failed = False
         self.log = request_fields(connection.scope) if log_fields is None else log_fields
         self.log.update(model=model, operation=operation)
+        if end_user is not None:
+            self.log["user"] = end_user
         self.on_done = on_done
         start_ns = started_ns or connection.scope.get("state", {}).get("started_ns") or time.time_ns()
-        self.span = start_generation_span(self.tracer, operation, model, max_tokens, temperature, start_ns)
+        self.span = start_generation_span(self.tracer, operation, model, max_tokens, temperature, start_ns, end_user)
 
     def sequence_finished(self, finished: Finished, inter_token_seconds: list[float]) -> None:
         self.finished.append(finished)
@@ -123,15 +126,17 @@ def observe_generation(
     started_ns: int | None = None,
     log_fields: dict | None = None,
     on_done: Callable[[dict], None] | None = None,
+    end_user: str | None = None,
 ) -> list[ObservedTicket]:
     """Wraps admitted tickets so metrics, the trace and the log line see how they end;
-    `asked` is the engine request (its token budget and temperature, defaults applied).
+    `asked` is the engine request (its token budget and temperature, defaults applied);
+    `end_user` is the request's `user`, which the log line and the span carry.
 
     An HTTP request's log line is written by RequestLogMiddleware from the scope's fields; a
     request on a WebSocket (many per connection) passes its own `started_ns`, `log_fields` and an
     `on_done` that writes its line."""
     observation = _Observation(
         connection, operation, model, prompt_tokens, asked.max_new_tokens, asked.sampling.temperature, len(tickets),
-        started_ns, log_fields, on_done,
+        started_ns, log_fields, on_done, end_user,
     )
     return [ObservedTicket(ticket, observation) for ticket in tickets]

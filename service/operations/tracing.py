@@ -39,10 +39,19 @@ def tracer_provider_from(otlp_endpoint: str | None) -> AnyTracerProvider:
 
 
 def start_generation_span(
-    tracer: trace.Tracer, operation: str, model: str, max_tokens: int | None, temperature: float | None, start_ns: int
+    tracer: trace.Tracer,
+    operation: str,
+    model: str,
+    max_tokens: int | None,
+    temperature: float | None,
+    start_ns: int,
+    end_user: str | None = None,
 ) -> Span:
-    """The request's span, named as the GenAI conventions name it ("chat MODEL")."""
+    """The request's span, named as the GenAI conventions name it ("chat MODEL"); the request's
+    `user` goes in OpenTelemetry's `enduser.id`."""
     attributes = {"gen_ai.system": GEN_AI_SYSTEM, "gen_ai.operation.name": operation, "gen_ai.request.model": model}
+    if end_user is not None:
+        attributes["enduser.id"] = end_user
     if max_tokens is not None:
         attributes["gen_ai.request.max_tokens"] = max_tokens
     if temperature is not None:

@@ -148,7 +148,9 @@ async def admit(connection: HTTPConnection, plan: ChatPlan, **observation) -> Ch
     except BaseException:
         plan.charge.refund()  # only what runs is charged
         raise
-    tickets = observe_generation(connection, "chat", plan.entry.model_id, tickets, len(plan.prompt_ids), plan.requests[0], **observation)
+    tickets = observe_generation(
+        connection, "chat", plan.entry.model_id, tickets, len(plan.prompt_ids), plan.requests[0], end_user=plan.body.user, **observation
+    )
     return ChatAnswer(plan, tickets)
 
 

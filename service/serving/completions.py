@@ -132,7 +132,9 @@ async def admit(connection: HTTPConnection, plan: CompletionPlan) -> CompletionA
         plan.charge.refund()  # only what runs is charged
         raise
     answer = CompletionAnswer(plan, tickets)
-    answer.tickets = observe_generation(connection, "text_completion", plan.entry.model_id, tickets, answer.prompt_tokens, plan.requests[0])
+    answer.tickets = observe_generation(
+        connection, "text_completion", plan.entry.model_id, tickets, answer.prompt_tokens, plan.requests[0], end_user=plan.body.user
+    )
     return answer
 
 

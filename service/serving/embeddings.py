@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from service.engine.engine import Engine
 from service.errors import APIError
 from service.operations import limits
+from service.operations.logs import request_fields
 from service.serving.generation import off_loop
 from service.serving.model_access import ready_model
 from service.serving.request_bodies import EmbeddingRequest
@@ -54,6 +55,8 @@ def encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 async def create_embeddings(connection: HTTPConnection, body: EmbeddingRequest) -> EmbeddingList:
     entry = ready_model(connection, body.model)
+    if body.user is not None:  # the request's log line carries it, as a generation's does
+        request_fields(connection.scope)["user"] = body.user
     engine = entry.engine
     embedder = engine.embedder
     if embedder is None:

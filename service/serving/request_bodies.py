@@ -51,6 +51,8 @@ TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 StopText = Annotated[str, Meta(min_length=1, max_length=256)]
+# OpenAI's end-user identifier: logged and traced (service.operations.telemetry), never stored.
+EndUser = Annotated[str, Meta(max_length=256)]
 MAX_STOP_STRINGS = 16
 MAX_CHOICES = 16
 
@@ -77,7 +79,7 @@ class GenerationOptions(Struct, kw_only=True, forbid_unknown_fields=True):
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
     logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
     ignore_eos: bool | None = None
-    user: str | None = None
+    user: EndUser | None = None
 
     @property
     def choices(self) -> int:
@@ -288,7 +290,7 @@ class EmbeddingRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     input: str | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: PositiveInt | None = None
-    user: str | None = None
+    user: EndUser | None = None
 
     def inputs(self) -> list[str | list[int]]:
         """The inputs as texts or token-id lists; raises ValueError for a mixed list."""
@@ -337,7 +339,7 @@ class ResponseRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     seed: int | None = None  # an extension, as for chat: same seed, same answer
     stream: bool = False
     store: bool = True  # keep the conversation, so a later request can continue it
-    user: str | None = None
+    user: EndUser | None = None
 
     def input_messages(self) -> list[dict]:
         """`input` as chat messages (a text is one user message; developer messages are system ones)."""

@@ -228,7 +228,7 @@ async def prepare(connection: HTTPConnection, body: ResponseRequest) -> Prepared
         if conversation is not None:
             await conversation.close()
         raise
-    tickets = observe_generation(connection, "response", entry.model_id, tickets, len(prompt_ids), requests[0])
+    tickets = observe_generation(connection, "response", entry.model_id, tickets, len(prompt_ids), requests[0], end_user=body.user)
     identifier = conversation.response_id if conversation is not None else f"resp_{uuid.uuid4().hex}"
     return PreparedResponse(body, entry.model_id, engine, tickets, len(prompt_ids), input_messages, conversation, identifier)
 
