@@ -141,6 +141,15 @@ def page(browser):
 
 
 @pytest.fixture
+def clipboard_page(browser):
+    """A desktop page that may read and write the clipboard (copy buttons)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
 def phone_page(browser):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
     page = context.new_page()

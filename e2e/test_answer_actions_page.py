@@ -23,14 +23,6 @@ from e2e.chat_page import (
 )
 
 
-@pytest.fixture
-def clipboard_page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, permissions=["clipboard-read", "clipboard-write"])
-    page = context.new_page()
-    yield page
-    context.close()
-
-
 def test_copy_puts_the_answer_as_the_model_wrote_it_on_the_clipboard(clipboard_page, service, spa_server):
     page = clipboard_page
     question = f"Write a short list of three fruits. ({uuid.uuid4().hex[:6]})"

@@ -225,14 +225,6 @@ def test_a_saved_answer_with_a_table_a_list_code_and_a_formula_renders_when_reop
     assert page.evaluate("() => document.fonts.check('16px KaTeX_Main')")
 
 
-@pytest.fixture
-def clipboard_page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, permissions=["clipboard-read", "clipboard-write"])
-    page = context.new_page()
-    yield page
-    context.close()
-
-
 def test_a_code_blocks_copy_button_copies_its_code(clipboard_page, service, spa_server):
     page = clipboard_page
     title = f"code answer {uuid.uuid4().hex[:6]}"

@@ -143,11 +143,7 @@ class ChatAnswer:
 async def admit(connection: HTTPConnection, plan: ChatPlan, **observation) -> ChatAnswer:
     """Queues the plan's requests until each has a slot (refunding the key if refused);
     `observation` goes to observe_generation (a WebSocket request's own log line)."""
-    try:
-        tickets = await generation.admit(plan.engine, plan.requests)
-    except BaseException:
-        plan.charge.refund()  # only what runs is charged
-        raise
+    tickets = await generation.admit(plan.engine, plan.requests, plan.charge)
     tickets = observe_generation(
         connection, "chat", plan.entry.model_id, tickets, len(plan.prompt_ids), plan.requests[0], end_user=plan.body.user, **observation
     )

@@ -126,11 +126,7 @@ class CompletionAnswer:
 
 
 async def admit(connection: HTTPConnection, plan: CompletionPlan) -> CompletionAnswer:
-    try:
-        tickets = await generation.admit(plan.engine, plan.requests)
-    except BaseException:
-        plan.charge.refund()  # only what runs is charged
-        raise
+    tickets = await generation.admit(plan.engine, plan.requests, plan.charge)
     answer = CompletionAnswer(plan, tickets)
     answer.tickets = observe_generation(
         connection, "text_completion", plan.entry.model_id, tickets, answer.prompt_tokens, plan.requests[0], end_user=plan.body.user

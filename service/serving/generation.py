@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 from service.engine.engine import Engine, EngineBusy, Failed, GenerationRequest, Ticket
 from service.engine.sampler import SamplingParams
 from service.errors import APIError
+from service.operations import limits
 from service.serving.request_bodies import GenerationOptions
 
 Result = TypeVar("Result")
@@ -78,8 +79,9 @@ def choices_of(request: GenerationRequest, count: int) -> list[GenerationRequest
     return [replace(request, sampling=replace(request.sampling, seed=seed + index)) for index in range(count)]
 
 
-async def admit(engine: Engine, requests: list[GenerationRequest]) -> list[Ticket]:
-    """Submits every request and waits until each has a slot, or refuses them all."""
+async def admit(engine: Engine, requests: list[GenerationRequest], charge: limits.Charge) -> list[Ticket]:
+    """Submits every request and waits until each has a slot, or refuses them all and gives the
+    key back the tokens `charge` took: only what runs is charged."""
     tickets: list[Ticket] = []
     try:
         for request in requests:
@@ -93,9 +95,11 @@ async def admit(engine: Engine, requests: list[GenerationRequest]) -> list[Ticke
     except EngineBusy as error:
         for ticket in tickets:
             ticket.cancel()
+        charge.refund()
         raise APIError(429, f"the server is busy: {error}; retry shortly", code="server_busy", headers={"Retry-After": str(RETRY_AFTER_BUSY)}) from error
     except BaseException:
         for ticket in tickets:
             ticket.cancel()
+        charge.refund()
         raise
     return tickets

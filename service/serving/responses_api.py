@@ -222,9 +222,9 @@ async def prepare(connection: HTTPConnection, body: ResponseRequest) -> Prepared
     try:
         if body.store:
             conversation = await _reserve(connection, entry.model_id, previous)
-        tickets = await generation.admit(engine, requests)
+        tickets = await generation.admit(engine, requests, charge)
     except BaseException:
-        charge.refund()  # only what runs is charged
+        charge.refund()  # a conversation that could not be reserved runs nothing either
         if conversation is not None:
             await conversation.close()
         raise
