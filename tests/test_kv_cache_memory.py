@@ -7,15 +7,13 @@ from pathlib import Path
 import pytest
 
 from service.engine.kv_cache import SlotCache
+from service.engine.process_memory import resident_bytes
 
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
 def _resident_mib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) // 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
+    return resident_bytes() // (1024 * 1024)
 
 
 @pytest.mark.skipif(
